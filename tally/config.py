@@ -1,0 +1,113 @@
+"""Typed, frozen configuration shared by every Tally process.
+
+Each process builds exactly one config object in its ``main()`` from flags and
+environment variables (``TALLY_*``) and passes it down; library code never reads
+the environment or hard-codes a host or port.  Units are part of field names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Loopback ports of the embedded local stack (all configurable via TALLY_<NAME>_PORT)."""
+
+    kafka: int = 9092
+    kafka_controller: int = 9093
+    cassandra_cql: int = 9042
+    cassandra_storage: int = 7000
+    redis: int = 6379
+    flink_rest: int = 8081
+    flink_rpc: int = 6123
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Ports":
+        values = {
+            f.name: _env_int(env, f"TALLY_{f.name.upper()}_PORT", f.default)
+            for f in dataclasses.fields(cls)
+        }
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TallyConfig:
+    """Where the services are and where local state lives.
+
+    ``home`` holds everything the local stack writes: downloads cache, data, logs, pids.
+    """
+
+    home: Path = REPO_ROOT / ".tally"
+    host: str = "127.0.0.1"
+    ports: Ports = field(default_factory=Ports)
+    points_topic: str = "tally.points"
+    keyspace: str = "tally"
+    kafka_heap_mb: int = 384
+    cassandra_heap_mb: int = 768
+    flink_jobmanager_process_mb: int = 1024
+    flink_taskmanager_process_mb: int = 1536
+    flink_task_slots: int = 2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "TallyConfig":
+        """Build the config from ``TALLY_*`` environment variables (defaults otherwise)."""
+        env = os.environ if env is None else env
+        home = Path(env.get("TALLY_HOME") or cls.home).resolve()
+        return cls(
+            home=home,
+            host=env.get("TALLY_HOST", cls.host),
+            ports=Ports.from_env(env),
+            points_topic=env.get("TALLY_POINTS_TOPIC", cls.points_topic),
+            keyspace=env.get("TALLY_KEYSPACE", cls.keyspace),
+        )
+
+    # Derived endpoints: every client of the stack asks the config, never a literal.
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.ports.kafka}"
+
+    @property
+    def cassandra_hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.ports.redis}/0"
+
+    @property
+    def flink_rest_url(self) -> str:
+        return f"http://{self.host}:{self.ports.flink_rest}"
+
+    # Local state layout.
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"

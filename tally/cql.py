@@ -1,0 +1,26 @@
+"""Connecting to Cassandra with the settings every Tally process shares."""
+
+from __future__ import annotations
+
+from tally.config import TallyConfig
+
+
+def connect(cfg: TallyConfig, keyspace: str | None = None, connect_timeout_s: float = 10):
+    """Return ``(cluster, session)``; the caller shuts the cluster down when done."""
+    from cassandra.cluster import Cluster
+    from cassandra.policies import RoundRobinPolicy
+
+    cluster = Cluster(
+        contact_points=list(cfg.cassandra_hosts),
+        port=cfg.ports.cassandra_cql,
+        protocol_version=5,
+        load_balancing_policy=RoundRobinPolicy(),
+        connect_timeout=connect_timeout_s,
+        control_connection_timeout=connect_timeout_s,
+    )
+    try:
+        session = cluster.connect(keyspace)
+    except Exception:
+        cluster.shutdown()
+        raise
+    return cluster, session
