@@ -64,6 +64,11 @@ class TallyConfig:
     flink_jobmanager_process_mb: int = 1024
     flink_taskmanager_process_mb: int = 1536
     flink_task_slots: int = 2
+    # Streaming job settings (jobs/aggregate.py).
+    grace_seconds: int = 5
+    source_idle_timeout_seconds: int = 5
+    consumer_group: str = "tally-aggregate"
+    job_parallelism: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TallyConfig":
@@ -76,6 +81,9 @@ class TallyConfig:
             ports=Ports.from_env(env),
             points_topic=env.get("TALLY_POINTS_TOPIC", cls.points_topic),
             keyspace=env.get("TALLY_KEYSPACE", cls.keyspace),
+            grace_seconds=_env_int(env, "TALLY_GRACE_SECONDS", cls.grace_seconds),
+            consumer_group=env.get("TALLY_CONSUMER_GROUP", cls.consumer_group),
+            job_parallelism=_env_int(env, "TALLY_JOB_PARALLELISM", cls.job_parallelism),
         )
 
     # Derived endpoints: every client of the stack asks the config, never a literal.

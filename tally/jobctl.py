@@ -1,0 +1,102 @@
+"""Submit, list and cancel Flink jobs on the local cluster (`tally job ...`).
+
+Submission goes through Flink's own CLI (``flink run -d -py jobs/<name>.py``) with the
+stack's Flink configuration, after creating the topic and Cassandra schema the job
+needs.  A job that is already running under the same name is not submitted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from tally.config import REPO_ROOT, TallyConfig
+from tally.stack.components import Flink
+from tally.stack.process import StackError
+
+JOBS_DIR = REPO_ROOT / "jobs"
+
+
+def _rest(cfg: TallyConfig, path: str, method: str = "GET") -> dict:
+    req = urllib.request.Request(f"{cfg.flink_rest_url}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+    except OSError as exc:
+        raise StackError(f"Flink REST API at {cfg.flink_rest_url} not reachable ({exc}); run `tally stack up`")
+    return json.loads(body) if body else {}
+
+
+def list_jobs(cfg: TallyConfig) -> list[dict]:
+    """Every job the cluster knows: id, name, status."""
+    overview = _rest(cfg, "/jobs/overview")
+    return [{"id": j["jid"], "name": j["name"], "status": j["state"]} for j in overview.get("jobs", [])]
+
+
+def running_job(cfg: TallyConfig, name: str) -> str | None:
+    """The id of a non-terminal job with this exact name, if any."""
+    for job in list_jobs(cfg):
+        if job["name"] == name and job["status"] in ("RUNNING", "CREATED", "INITIALIZING", "RESTARTING"):
+            return job["id"]
+    return None
+
+
+def prepare(cfg: TallyConfig) -> None:
+    """Create what a job needs before it starts: the points topic and the Cassandra schema."""
+    from sinks.cassandra import ensure_schema
+    from tally.producer import ensure_topic
+
+    ensure_topic(cfg, cfg.points_topic)
+    ensure_schema(cfg)
+
+
+def submit(cfg: TallyConfig, name: str = "aggregate", job_args: list[str] | None = None,
+           wait_running_s: float = 120) -> str:
+    """Submit jobs/<name>.py detached and wait until it is RUNNING; returns the job id."""
+    script = JOBS_DIR / f"{name}.py"
+    if not script.exists():
+        raise StackError(f"no job {name!r}: expected {script}")
+    job_args = list(job_args or [])
+    module = _load_job_module(script)
+    job_cfg = module.parse_config(job_args)
+    prepare(job_cfg)
+    existing = running_job(cfg, module.job_name(job_cfg))
+    if existing:
+        return existing
+    flink = Flink()
+    cmd = ["bash", str(flink.flink_home() / "bin" / "flink"), "run", "-d", "-py", str(script), *job_args]
+    result = subprocess.run(cmd, env=flink.env(cfg), capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    match = re.search(r"JobID ([0-9a-f]{32})", result.stdout + result.stderr)
+    if result.returncode != 0 or not match:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
+        raise StackError(f"flink run failed (exit {result.returncode}):\n{tail}")
+    job_id = match.group(1)
+    deadline = time.monotonic() + wait_running_s
+    while time.monotonic() < deadline:
+        state = _rest(cfg, f"/jobs/{job_id}").get("state")
+        if state == "RUNNING":
+            return job_id
+        if state in ("FAILED", "CANCELED", "FINISHED"):
+            raise StackError(f"job {job_id} ended as {state}; see `tally stack logs flink`")
+        time.sleep(1)
+    raise StackError(f"job {job_id} not RUNNING after {wait_running_s:.0f}s")
+
+
+def cancel(cfg: TallyConfig, name_or_id: str) -> None:
+    """Cancel running jobs matching a job id or a name prefix."""
+    matched = [j for j in list_jobs(cfg) if j["status"] == "RUNNING"
+               and (j["id"] == name_or_id or j["name"].startswith(f"tally-{name_or_id}"))]
+    if not matched:
+        raise StackError(f"no running job matches {name_or_id!r}")
+    for job in matched:
+        _rest(cfg, f"/jobs/{job['id']}?mode=cancel", method="PATCH")
+
+
+def _load_job_module(script: Path):
+    import importlib
+
+    return importlib.import_module(f"jobs.{script.stem}")
