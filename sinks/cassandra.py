@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 from tally.config import TallyConfig
 from tally.cql import connect
 from tally.schema import SINGLE_NODE_REPLICATION, bucket_columns, bucket_table, cql_statements
+from tally.series import parse_key
 from tally.tiers import Tier, partition_start_ms
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,23 @@ class BucketWriter:
         )
         self._statement.is_idempotent = True
         self._columns = columns
+        self._index_statement = self._session.prepare(
+            f"INSERT INTO {cfg.keyspace}.series (tenant, name, sid, series, tags) VALUES (?, ?, ?, ?, ?)"
+        )
+        self._index_statement.is_idempotent = True
+        self._indexed: set[int] = set()
+
+    def index_series(self, rows: Sequence[BucketRow]) -> None:
+        """Upsert the series index row of each series this writer has not seen yet."""
+        new = {r.sid: r for r in rows if r.sid not in self._indexed}
+        if not new:
+            return
+        if len(self._indexed) > 1_000_000:  # bound memory; re-indexing is an idempotent upsert
+            self._indexed.clear()
+        for row in new.values():
+            sid = parse_key(row.series)
+            self._session.execute(self._index_statement, (sid.tenant, sid.name, row.sid, row.series, sid.tag_dict))
+        self._indexed.update(new)
 
     def _values(self, row: BucketRow, now_ms: int) -> tuple:
         part = partition_start_ms(row.ts, self.tier)
@@ -86,6 +104,8 @@ class BucketWriter:
         restarts from its checkpoint and replays, which the upserts make harmless)."""
         from cassandra.concurrent import execute_concurrent_with_args
 
+        rows = list(rows)
+        self.index_series(rows)
         now_ms = int(time.time() * 1000)
         params: Sequence[tuple] = [self._values(r, now_ms) for r in rows]
         for attempt in range(1, self.max_attempts + 1):

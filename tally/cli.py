@@ -49,6 +49,49 @@ def _demo(args, cfg: TallyConfig) -> int:
     return demo.main(cfg, seconds=args.seconds, rate_per_s=args.rate)
 
 
+def _buckets(args, cfg: TallyConfig) -> int:
+    from tally.cql import connect
+    from tally.tiers import tier_by_name
+
+    tier = tier_by_name(args.tier)
+    cluster, session = connect(cfg)
+    try:
+        if args.name:
+            names = [args.name]
+        else:
+            rows = session.execute(f"SELECT DISTINCT tenant, name FROM {cfg.keyspace}.series")
+            names = sorted(r.name for r in rows if r.tenant == args.tenant)
+        shown = 0
+        for name in names:
+            for s in session.execute(
+                f"SELECT sid, series FROM {cfg.keyspace}.series WHERE tenant = %s AND name = %s",
+                (args.tenant, name),
+            ):
+                newest = None
+                for part in _recent_partitions(tier):
+                    newest = newest or session.execute(
+                        f"SELECT ts, count, sum, min, max FROM {cfg.keyspace}.buckets_{tier.name} "
+                        "WHERE tenant = %s AND sid = %s AND part = %s ORDER BY ts DESC LIMIT 1",
+                        (args.tenant, s.sid, part),
+                    ).one()
+                if newest and shown < args.limit:
+                    print(f"{s.series:60s} {tier.name} bucket {newest.ts}: count={newest.count:g} "
+                          f"sum={newest.sum:g} min={newest.min:g} max={newest.max:g}")
+                    shown += 1
+        print(f"({shown} series shown from {cfg.keyspace}.buckets_{tier.name})")
+    finally:
+        cluster.shutdown()
+    return 0
+
+
+def _recent_partitions(tier) -> tuple[int, ...]:
+    import time
+
+    now_ms = int(time.time() * 1000)
+    current = now_ms - now_ms % tier.partition_ms
+    return (current, current - tier.partition_ms)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tally", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=30)
     demo.add_argument("--rate", type=float, default=200, help="points per second")
     demo.set_defaults(func=_demo)
+
+    buckets = sub.add_parser("buckets", help="print the newest bucket of each series of a tenant")
+    buckets.add_argument("--tenant", default="demo")
+    buckets.add_argument("--name", help="metric name (default: all of the tenant's metrics)")
+    buckets.add_argument("--tier", default="10s")
+    buckets.add_argument("--limit", type=int, default=20)
+    buckets.set_defaults(func=_buckets)
     return parser
 
 

@@ -58,3 +58,48 @@ def series_id(tenant: str, name: str, tags: Mapping[str, str] | Iterable[tuple[s
         raise ValueError(f"duplicate tag name in {names}")
     key = canonical_key(tenant, name, sorted_tags)
     return SeriesId(tenant=tenant, name=name, tags=sorted_tags, key=key, id=series_hash(key))
+
+
+def _split_raw(text: str, sep: str) -> list[str]:
+    """Split on unescaped ``sep``, keeping escape sequences in the parts."""
+    parts, current, escaped = [], [], False
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            current.append(ch)
+            escaped = True
+        elif ch == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _unescape(text: str) -> str:
+    out, escaped = [], False
+    for ch in text:
+        if escaped or ch != "\\":
+            out.append(ch)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
+
+
+def parse_key(key: str) -> SeriesId:
+    """Inverse of :func:`canonical_key`: the series a canonical key names."""
+    fields = _split_raw(key, "|")
+    if len(fields) != 3:
+        raise ValueError(f"not a canonical series key: {key!r}")
+    tenant, name, body = fields
+    tags = []
+    for raw in _split_raw(body, ",") if body else []:
+        kv = _split_raw(raw, "=")
+        if len(kv) != 2:
+            raise ValueError(f"bad tag {raw!r} in series key {key!r}")
+        tags.append((_unescape(kv[0]), _unescape(kv[1])))
+    return series_id(_unescape(tenant), _unescape(name), tags)

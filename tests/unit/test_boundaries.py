@@ -1,0 +1,18 @@
+"""The pure domain never imports the engines (STYLE.md: pure domain, thin adapters)."""
+
+import subprocess
+import sys
+
+PURE = ["tally.series", "tally.sketch", "tally.aggregate", "tally.tiers", "tally.point", "tally.schema",
+        "tally.config", "tally.metric_types"]
+ENGINES = ["pyflink", "cassandra", "redis", "kafka"]
+
+
+def test_pure_modules_do_not_import_engines():
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in PURE)
+        + f"print(sorted(m for m in sys.modules if m.split('.')[0] in {ENGINES!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
