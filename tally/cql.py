@@ -5,16 +5,18 @@ from __future__ import annotations
 from tally.config import TallyConfig
 
 
-def connect(cfg: TallyConfig, keyspace: str | None = None, connect_timeout_s: float = 10):
+def connect(cfg: TallyConfig, keyspace: str | None = None, connect_timeout_s: float = 10,
+            request_timeout_s: float = 10):
     """Return ``(cluster, session)``; the caller shuts the cluster down when done."""
-    from cassandra.cluster import Cluster
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import RoundRobinPolicy
 
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=request_timeout_s)
     cluster = Cluster(
         contact_points=list(cfg.cassandra_hosts),
         port=cfg.ports.cassandra_cql,
         protocol_version=5,
-        load_balancing_policy=RoundRobinPolicy(),
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=connect_timeout_s,
         control_connection_timeout=connect_timeout_s,
     )
