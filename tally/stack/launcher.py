@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from tally.config import TallyConfig
 from tally.stack import fetch
 from tally.stack.components import COMPONENTS
-from tally.stack.process import Managed, StackError, require_free
+from tally.stack.process import Managed, StackError, port_open, require_free
 
 Log = Callable[[str], None]
 
@@ -49,6 +49,10 @@ def fetch_all(cfg: TallyConfig, log: Log = print) -> None:
 
 def health(cfg: TallyConfig, component) -> tuple[bool, str]:
     """Run one component's health check; (healthy, detail)."""
+    # A cheap TCP probe first: client libraries block for seconds on a closed port.
+    port, what, _ = component.ports(cfg)[0]
+    if not port_open(cfg.host, port):
+        return False, f"{what} port {port} not listening"
     try:
         return True, component.health(cfg)
     except Exception as exc:  # any failure of a probe means "not healthy yet"
