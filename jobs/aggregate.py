@@ -1,23 +1,32 @@
 """Tally streaming aggregation job.
 
-What it computes: per series (tenant, series id), 10-second tumbling event-time buckets
-of the points in the topic — count (weighted), sum, min and max — and upserts each
-bucket's full value into Cassandra table ``buckets_10s``.
+What it computes: for every series (tenant, series id), buckets at every tier (1 s, 10 s,
+1 m, 1 h, 1 d): weighted count, sum, min, max, last value by event time and a mergeable
+DDSketch (timers, histograms, distributions).  Each bucket's full value is upserted into
+Cassandra ``buckets_<tier>`` and written through to Redis (schemas/).
 
-Time: event time is the point's ``ts`` (epoch ms, UTC).  Watermarks trail the largest
-seen event time by ``grace_seconds`` (bounded out-of-orderness), so a point up to that
-late still lands in its bucket; a Kafka partition idle for
-``source_idle_timeout_seconds`` does not hold the watermark back.
+Steps (SQL in tally/aggsql.py, all per-point work in Java operators):
+replays dropped by idempotency id (producer id + sequence, per Kafka partition) →
+late points split off → phase 1: 1 s windows keyed by (series, salt) so a hot series is
+spread over all subtasks → phase 2: 1 s windows keyed by series → rollup cascade 1 s →
+10 s → 1 m → 1 h → 1 d, each tier merged from the tier below → one async Python sink.
 
-Inputs: Kafka topic ``tally.points`` (JSON records, schemas/point.json), read from the
-committed offsets of consumer group ``tally-aggregate`` (earliest when none).
-Outputs: Cassandra ``<keyspace>.buckets_10s`` (schemas/cassandra.cql).
+Time: event time is the point's ``ts`` (epoch ms, UTC).  The watermark trails the largest
+event time by ``grace_seconds`` (bounded out-of-orderness); a window fires when the
+watermark passes its end, so a point up to ``grace_seconds`` late still lands in its
+bucket.  A point whose 1 s window has already fired is beyond grace: it goes to the late
+topic (``tally.points.late``) and the late counters, and is repaired by reconciliation.
+An idle Kafka partition stops holding the watermark back after
+``source_idle_timeout_seconds``.
 
-The per-event path runs in Flink SQL (Java operators); Python only sees the small
-stream of finished buckets, for the Cassandra upserts (see REFERENCE.md: per-record
-Python costs ~20x).
+Inputs: Kafka ``tally.points`` (schemas/point.json) and ``tally.series``
+(schemas/series.json), from the committed offsets of group ``tally-aggregate``.
+Outputs: Cassandra ``<keyspace>.buckets_<tier>`` and ``series``; Redis recent buckets and
+data-quality counters; Kafka ``tally.points.late``.  Checkpoints every
+``checkpoint_interval_seconds`` to the cluster's checkpoint folder; restarts resume from
+the latest one.
 
-Run it on the local cluster:  ``tally job submit aggregate``  (wraps
+Run it on the local cluster:  ``tally job submit aggregate [flags]``  (wraps
 ``flink run -d -py jobs/aggregate.py``); flags override TALLY_* environment settings.
 """
 
@@ -28,92 +37,82 @@ import dataclasses
 import sys
 from typing import Callable
 
+from tally import aggsql
 from tally.config import TallyConfig
-from tally.schema import point_sql_columns
 
 JOB_NAME = "tally-aggregate"
+
+Source = Callable[["StreamTableEnvironment", TallyConfig], str]  # registers a table, returns its name
+Sink = Callable[["StreamTableEnvironment", "DataStream", TallyConfig], None]
 
 
 def job_name(cfg: TallyConfig) -> str:
     """The Flink job name; it names topic and keyspace so `tally job` can tell runs apart."""
     return f"{JOB_NAME} {cfg.points_topic} -> {cfg.keyspace}"
 
-TIER = "10s"
-WINDOW_SECONDS = 10
-
-Source = Callable[["StreamTableEnvironment", TallyConfig], str]  # registers a table, returns its name
-Sink = Callable[["DataStream", TallyConfig], None]
-
-
-def _point_columns_ddl() -> str:
-    return ",\n  ".join(f"`{name}` {sql_type}" for name, sql_type in point_sql_columns())
-
 
 def kafka_source(t_env, cfg: TallyConfig) -> str:
-    """Register the points topic as table ``points`` with event time and watermark."""
-    t_env.execute_sql(
-        f"""
-        CREATE TEMPORARY TABLE points (
-          {_point_columns_ddl()},
-          rowtime AS TO_TIMESTAMP_LTZ(`ts`, 3),
-          WATERMARK FOR rowtime AS rowtime - INTERVAL '{cfg.grace_seconds}' SECOND
-        ) WITH (
-          'connector' = 'kafka',
-          'topic' = '{cfg.points_topic}',
-          'properties.bootstrap.servers' = '{cfg.kafka_bootstrap}',
-          'properties.group.id' = '{cfg.consumer_group}',
-          'properties.auto.offset.reset' = 'earliest',
-          'scan.startup.mode' = 'group-offsets',
-          'format' = 'json'
-        )
-        """
-    )
+    """Register the points topic as table ``points``."""
+    t_env.execute_sql(aggsql.kafka_points_ddl(cfg, "points"))
     return "points"
 
 
-def cassandra_sink(buckets, cfg: TallyConfig) -> None:
-    """Upsert finished buckets into Cassandra; the stream then ends in a discarding sink."""
+def production_sink(t_env, buckets, cfg: TallyConfig) -> None:
+    """Buckets to Cassandra + Redis (async Python sink), late points to the late topic,
+    series registrations to the series index."""
+    from pyflink.common import Time
+    from pyflink.common.typeinfo import Types
+    from pyflink.datastream import AsyncDataStream
+
+    from sinks.flink import BucketSink, SeriesIndexSink
+
+    written = AsyncDataStream.unordered_wait(
+        buckets, BucketSink(cfg), Time.seconds(300), capacity=cfg.sink_concurrency, output_type=Types.STRING(),
+    ).name("bucket-sink").uid("bucket-sink")
+    _discard(written, "bucket-sink-end")
+
+    t_env.execute_sql(aggsql.kafka_late_ddl(cfg, "late_sink"))
+    t_env.execute_sql(aggsql.kafka_series_ddl(cfg, "series_registrations"))
+    statements = t_env.create_statement_set()
+    statements.add_insert_sql(aggsql.late_insert("late_sink"))
+    statements.attach_as_datastream()
+    registrations = t_env.to_data_stream(t_env.from_path("series_registrations"))
+    indexed = (registrations.map(SeriesIndexSink(cfg), output_type=Types.STRING())
+               .name("series-index-sink").uid("series-index-sink"))
+    _discard(indexed, "series-index-end")
+
+
+def _discard(stream, uid: str) -> None:
     from pyflink.datastream.connectors.base import Sink as JavaSink
     from pyflink.java_gateway import get_gateway
 
-    from sinks.flink import CassandraBucketSink
-
-    written = (
-        buckets.map(CassandraBucketSink(cfg, TIER))
-        .name(f"cassandra-upsert-{TIER}")
-        .uid(f"cassandra-upsert-{TIER}")
-    )
     discard = get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()
-    written.sink_to(JavaSink(discard)).name("end").uid("end")
-
-
-def bucket_query(points_table: str) -> str:
-    """The SQL of the 10 s tumbling window aggregate over the points table."""
-    window_ms = WINDOW_SECONDS * 1000
-    return f"""
-        SELECT
-          tenant, sid, series,
-          -- Exact bucket start from event time (epoch aligned), avoiding TIMESTAMP_LTZ
-          -- time-zone conversion on the Python side.
-          MIN(`ts`) - MOD(MIN(`ts`), {window_ms}) AS bucket_ms,
-          SUM(`count`) AS cnt, SUM(`sum`) AS total, MIN(`min`) AS vmin, MAX(`max`) AS vmax
-        FROM TABLE(TUMBLE(TABLE {points_table}, DESCRIPTOR(rowtime), INTERVAL '{WINDOW_SECONDS}' SECOND))
-        GROUP BY tenant, sid, series, window_start, window_end
-    """
+    stream.sink_to(JavaSink(discard)).name(uid).uid(uid)
 
 
 def build(env, source: Source, sink: Sink, cfg: TallyConfig):
     """Wire the pipeline on ``env`` (a StreamExecutionEnvironment); returns the bucket stream."""
     from pyflink.table import StreamTableEnvironment
 
+    from tally.udf import FUNCTIONS, udf_jar_path
+
+    # The Java UDFs (tally/udf.py) must be on the stream environment's jars before the table
+    # environment exists, so the client and the cluster both load them.
+    env.add_jars(udf_jar_path().resolve().as_uri())
     t_env = StreamTableEnvironment.create(env)
     conf = t_env.get_config()
-    conf.set("table.local-time-zone", "UTC")
+    for key, value in aggsql.JOB_SETTINGS.items():
+        conf.set(key, value)
     conf.set("table.exec.source.idle-timeout", f"{cfg.source_idle_timeout_seconds} s")
+    conf.set("table.exec.state.ttl", f"{cfg.dedup_state_ttl_hours} h")
     conf.set("pipeline.name", job_name(cfg))
+    for name, class_name in FUNCTIONS.items():
+        t_env.create_java_temporary_system_function(name, class_name)
     points = source(t_env, cfg)
-    buckets = t_env.to_data_stream(t_env.sql_query(bucket_query(points)))
-    sink(buckets, cfg)
+    for name, query in aggsql.views(points, salt_buckets=cfg.salt_buckets):
+        t_env.create_temporary_view(name, t_env.sql_query(query))
+    buckets = t_env.to_data_stream(t_env.from_path("buckets"))
+    sink(t_env, buckets, cfg)
     return buckets
 
 
@@ -121,27 +120,25 @@ def parse_config(argv: list[str]) -> TallyConfig:
     """TALLY_* environment settings, overridden by command-line flags."""
     cfg = TallyConfig.from_env()
     parser = argparse.ArgumentParser(prog="jobs/aggregate.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--grace-seconds", type=int, default=cfg.grace_seconds)
-    parser.add_argument("--source-idle-timeout-seconds", type=int, default=cfg.source_idle_timeout_seconds)
-    parser.add_argument("--topic", default=cfg.points_topic)
-    parser.add_argument("--keyspace", default=cfg.keyspace)
-    parser.add_argument("--consumer-group", default=cfg.consumer_group)
-    parser.add_argument("--parallelism", type=int, default=cfg.job_parallelism)
+    flags = {
+        "grace_seconds": int, "source_idle_timeout_seconds": int, "points_topic": str, "series_topic": str,
+        "late_topic": str, "keyspace": str, "consumer_group": str, "job_parallelism": int,
+        "salt_buckets": int, "checkpoint_interval_seconds": int, "sink_concurrency": int,
+    }
+    for name, kind in flags.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(cfg, name))
     args = parser.parse_args(argv)
-    return dataclasses.replace(
-        cfg, grace_seconds=args.grace_seconds, source_idle_timeout_seconds=args.source_idle_timeout_seconds,
-        points_topic=args.topic, keyspace=args.keyspace, consumer_group=args.consumer_group,
-        job_parallelism=args.parallelism,
-    )
+    return dataclasses.replace(cfg, **{name: getattr(args, name) for name in flags})
 
 
 def main(argv: list[str]) -> None:
-    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 
     cfg = parse_config(argv)
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(cfg.job_parallelism)
-    build(env, kafka_source, cassandra_sink, cfg)
+    env.enable_checkpointing(cfg.checkpoint_interval_seconds * 1000, CheckpointingMode.EXACTLY_ONCE)
+    build(env, kafka_source, production_sink, cfg)
     env.execute(job_name(cfg))
 
 

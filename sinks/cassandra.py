@@ -1,42 +1,43 @@
 """Idempotent bucket upserts into Cassandra (driver code only, no Flink imports).
 
 Every write is the full value of a bucket keyed by (tenant, series id, partition, bucket
-start), so a replay after a failure rewrites identical rows.  Statements are prepared
-and marked idempotent so the driver may retry them; a batch is written with bounded
-concurrency and the call returns only when every row is acknowledged.
+start), so a replay after a failure rewrites identical rows.  Statements are prepared and
+marked idempotent so the driver may retry them.  ``write_async`` returns an asyncio future
+for the Flink async sink; ``write`` is the blocking form for batch callers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping
 
 from tally.config import TallyConfig
 from tally.cql import connect
 from tally.schema import SINGLE_NODE_REPLICATION, bucket_columns, bucket_table, cql_statements
 from tally.series import parse_key
-from tally.tiers import Tier, partition_start_ms
+from tally.tiers import DEFAULT_TIERS, Tier, partition_start_ms
 
 log = logging.getLogger(__name__)
 
 
 def ensure_schema(cfg: TallyConfig, replication: str = SINGLE_NODE_REPLICATION) -> None:
     """Create the keyspace and all tables if missing (safe to run any number of times)."""
-    cluster, session = connect(cfg)
+    cluster, session = connect(cfg, request_timeout_s=60)
     try:
         for statement in cql_statements(cfg.keyspace, replication):
-            session.execute(statement, timeout=60)
+            session.execute(statement)
     finally:
         cluster.shutdown()
 
 
 def drop_keyspace(cfg: TallyConfig) -> None:
     """Drop the configured keyspace (tests clean up their own)."""
-    cluster, session = connect(cfg)
+    cluster, session = connect(cfg, request_timeout_s=60)
     try:
-        session.execute(f"DROP KEYSPACE IF EXISTS {cfg.keyspace}", timeout=60)
+        session.execute(f"DROP KEYSPACE IF EXISTS {cfg.keyspace}")
     finally:
         cluster.shutdown()
 
@@ -47,84 +48,102 @@ class BucketRow:
 
     tenant: str
     sid: int
-    series: str
     ts: int  # bucket start, epoch ms
     count: float
     sum: float
     min: float
     max: float
-    last: float | None = None
+    last: float
+    last_ts: int
     sketch: bytes | None = None
 
 
-class BucketWriter:
-    """Writes BucketRows of one tier with prepared, idempotent upserts and counts them."""
+def _asyncio_future(response_future) -> asyncio.Future:
+    """Bridge a driver ResponseFuture (completed on the driver's thread) to asyncio."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
 
-    def __init__(self, cfg: TallyConfig, tier: Tier, concurrency: int = 32,
-                 max_attempts: int = 8, backoff_s: float = 0.5):
-        self.tier = tier
-        self.concurrency = concurrency
+    def done(result):
+        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
+
+    def failed(exc):
+        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
+
+    response_future.add_callbacks(done, failed)
+    return fut
+
+
+class BucketWriter:
+    """Writes BucketRows with prepared, idempotent upserts (one statement per tier)."""
+
+    def __init__(self, cfg: TallyConfig, tiers: Iterable[Tier] = DEFAULT_TIERS,
+                 max_attempts: int = 10, backoff_s: float = 0.5, max_backoff_s: float = 10.0):
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
         self.written = 0
         self.retried = 0
         self._cluster, self._session = connect(cfg)
-        columns = bucket_columns()
-        self._statement = self._session.prepare(
-            f"INSERT INTO {cfg.keyspace}.{bucket_table(tier)} ({', '.join(columns)}) "
-            f"VALUES ({', '.join('?' for _ in columns)})"
-        )
-        self._statement.is_idempotent = True
-        self._columns = columns
-        self._index_statement = self._session.prepare(
+        self._columns = bucket_columns()
+        self._tiers = {t.name: t for t in tiers}
+        self._statements = {}
+        for tier in self._tiers.values():
+            stmt = self._session.prepare(
+                f"INSERT INTO {cfg.keyspace}.{bucket_table(tier)} ({', '.join(self._columns)}) "
+                f"VALUES ({', '.join('?' for _ in self._columns)})"
+            )
+            stmt.is_idempotent = True
+            self._statements[tier.name] = stmt
+        self._index = self._session.prepare(
             f"INSERT INTO {cfg.keyspace}.series (tenant, name, sid, series, tags) VALUES (?, ?, ?, ?, ?)"
         )
-        self._index_statement.is_idempotent = True
-        self._indexed: set[int] = set()
+        self._index.is_idempotent = True
 
-    def index_series(self, rows: Sequence[BucketRow]) -> None:
-        """Upsert the series index row of each series this writer has not seen yet."""
-        new = {r.sid: r for r in rows if r.sid not in self._indexed}
-        if not new:
-            return
-        if len(self._indexed) > 1_000_000:  # bound memory; re-indexing is an idempotent upsert
-            self._indexed.clear()
-        for row in new.values():
-            sid = parse_key(row.series)
-            self._session.execute(self._index_statement, (sid.tenant, sid.name, row.sid, row.series, sid.tag_dict))
-        self._indexed.update(new)
-
-    def _values(self, row: BucketRow, now_ms: int) -> tuple:
-        part = partition_start_ms(row.ts, self.tier)
-        by_name = {**row.__dict__, "part": part, "written_ms": now_ms}
+    def _values(self, tier: Tier, row: BucketRow) -> tuple:
+        by_name = {**asdict(row), "part": partition_start_ms(row.ts, tier), "written_ms": int(time.time() * 1000)}
         return tuple(by_name[c] for c in self._columns)
 
-    def write(self, rows: Iterable[BucketRow]) -> int:
-        """Upsert rows; retries with backoff, raises after max_attempts (the job then
-        restarts from its checkpoint and replays, which the upserts make harmless)."""
-        from cassandra.concurrent import execute_concurrent_with_args
+    def _delay(self, attempt: int) -> float:
+        return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
 
-        rows = list(rows)
-        self.index_series(rows)
-        now_ms = int(time.time() * 1000)
-        params: Sequence[tuple] = [self._values(r, now_ms) for r in rows]
+    async def write_async(self, tier_name: str, row: BucketRow) -> None:
+        """Upsert one bucket; retries with backoff, raises after max_attempts (the job then
+        restarts from its checkpoint and replays, which the upserts make harmless)."""
+        tier = self._tiers[tier_name]
+        values = self._values(tier, row)
         for attempt in range(1, self.max_attempts + 1):
-            results = execute_concurrent_with_args(
-                self._session, self._statement, params, concurrency=self.concurrency, raise_on_first_error=False
-            )
-            failed = [p for p, (ok, _) in zip(params, results) if not ok]
-            if not failed:
-                self.written += len(params)
-                return len(params)
-            errors = {type(r).__name__ for ok, r in results if not ok}
-            if attempt == self.max_attempts:
-                raise RuntimeError(f"{len(failed)} bucket writes failed after {attempt} attempts: {errors}")
-            log.warning("retrying %d failed bucket writes (%s), attempt %d", len(failed), errors, attempt)
-            self.retried += len(failed)
-            self.written += len(params) - len(failed)
-            params = failed
-            time.sleep(self.backoff_s * 2 ** (attempt - 1))
-        return 0
+            try:
+                await _asyncio_future(self._session.execute_async(self._statements[tier_name], values))
+                self.written += 1
+                return
+            except Exception as exc:  # driver errors: unavailable, timeouts, connection loss
+                if attempt == self.max_attempts:
+                    raise RuntimeError(f"bucket write failed after {attempt} attempts: {exc!r}") from exc
+                self.retried += 1
+                log.warning("bucket write failed (%r), retry %d in %.1fs", exc, attempt, self._delay(attempt))
+                await asyncio.sleep(self._delay(attempt))
+
+    def write(self, tier_name: str, rows: Iterable[BucketRow]) -> int:
+        """Blocking upsert of many buckets of one tier (bounded concurrency); returns the count."""
+        async def run():
+            rows_list = list(rows)
+            gate = asyncio.Semaphore(64)
+
+            async def one(r):
+                async with gate:
+                    await self.write_async(tier_name, r)
+
+            await asyncio.gather(*(one(r) for r in rows_list))
+            return len(rows_list)
+
+        return asyncio.run(run())
+
+    def index_series(self, registration: Mapping) -> None:
+        """Upsert a series index row from a registration record (schemas/series.json)."""
+        sid = parse_key(registration["series"])
+        if sid.id != registration["sid"]:
+            raise ValueError(f"series key {registration['series']!r} does not hash to sid {registration['sid']}")
+        self._session.execute(self._index, (sid.tenant, sid.name, sid.id, sid.key, sid.tag_dict))
 
     def close(self) -> None:
         self._cluster.shutdown()

@@ -51,6 +51,7 @@ def _demo(args, cfg: TallyConfig) -> int:
 
 def _buckets(args, cfg: TallyConfig) -> int:
     from tally.cql import connect
+    from tally.sketch import Sketch
     from tally.tiers import tier_by_name
 
     tier = tier_by_name(args.tier)
@@ -70,13 +71,17 @@ def _buckets(args, cfg: TallyConfig) -> int:
                 newest = None
                 for part in _recent_partitions(tier):
                     newest = newest or session.execute(
-                        f"SELECT ts, count, sum, min, max FROM {cfg.keyspace}.buckets_{tier.name} "
+                        f"SELECT ts, count, sum, min, max, last, sketch FROM {cfg.keyspace}.buckets_{tier.name} "
                         "WHERE tenant = %s AND sid = %s AND part = %s ORDER BY ts DESC LIMIT 1",
                         (args.tenant, s.sid, part),
                     ).one()
                 if newest and shown < args.limit:
+                    quantiles = ""
+                    if newest.sketch:
+                        sketch = Sketch.from_bytes(newest.sketch)
+                        quantiles = f" p50={sketch.quantile(0.5):.4g} p99={sketch.quantile(0.99):.4g}"
                     print(f"{s.series:60s} {tier.name} bucket {newest.ts}: count={newest.count:g} "
-                          f"sum={newest.sum:g} min={newest.min:g} max={newest.max:g}")
+                          f"sum={newest.sum:g} min={newest.min:g} max={newest.max:g} last={newest.last:g}{quantiles}")
                     shown += 1
         print(f"({shown} series shown from {cfg.keyspace}.buckets_{tier.name})")
     finally:

@@ -58,6 +58,9 @@ class TallyConfig:
     host: str = "127.0.0.1"
     ports: Ports = field(default_factory=Ports)
     points_topic: str = "tally.points"
+    series_topic: str = "tally.series"
+    late_topic: str = "tally.points.late"
+    kafka_partitions: int = 4
     keyspace: str = "tally"
     kafka_heap_mb: int = 384
     cassandra_heap_mb: int = 768
@@ -69,6 +72,10 @@ class TallyConfig:
     source_idle_timeout_seconds: int = 5
     consumer_group: str = "tally-aggregate"
     job_parallelism: int = 1
+    salt_buckets: int = 4  # phase-1 shards per series (hot-key spreading)
+    dedup_state_ttl_hours: int = 168  # forget producers silent this long
+    checkpoint_interval_seconds: int = 10
+    sink_concurrency: int = 64  # in-flight bucket writes per sink subtask
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TallyConfig":
@@ -80,10 +87,13 @@ class TallyConfig:
             host=env.get("TALLY_HOST", cls.host),
             ports=Ports.from_env(env),
             points_topic=env.get("TALLY_POINTS_TOPIC", cls.points_topic),
+            series_topic=env.get("TALLY_SERIES_TOPIC", cls.series_topic),
+            late_topic=env.get("TALLY_LATE_TOPIC", cls.late_topic),
             keyspace=env.get("TALLY_KEYSPACE", cls.keyspace),
             grace_seconds=_env_int(env, "TALLY_GRACE_SECONDS", cls.grace_seconds),
             consumer_group=env.get("TALLY_CONSUMER_GROUP", cls.consumer_group),
             job_parallelism=_env_int(env, "TALLY_JOB_PARALLELISM", cls.job_parallelism),
+            salt_buckets=_env_int(env, "TALLY_SALT_BUCKETS", cls.salt_buckets),
         )
 
     # Derived endpoints: every client of the stack asks the config, never a literal.

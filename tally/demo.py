@@ -11,7 +11,6 @@ import random
 import time
 from collections import defaultdict
 
-from tally import point as points
 from tally.config import TallyConfig
 from tally.cql import connect
 from tally.producer import PointProducer
@@ -46,7 +45,7 @@ def send_traffic(cfg: TallyConfig, seconds: float, rate_per_s: float, rng: rando
         for _ in range(max(1, int(rate_per_s / 10))):
             series, mtype = rng.choices(all_series, weights)[0]
             value = float(rng.randint(1, 5)) if mtype == "c" else round(rng.lognormvariate(3, 0.6), 3)
-            producer.send(points.from_value(series, mtype, now_ms, value, producer.producer_id, producer.next_seq()))
+            producer.emit(series, mtype, now_ms, value)
             acc = expected[(series.id, bucket_start_ms(now_ms, TIER))]
             acc[0] += 1
             acc[1] += value
@@ -63,7 +62,7 @@ def close_windows(cfg: TallyConfig, producer: PointProducer, last_bucket_ms: int
     close_at_ms = last_bucket_ms + TIER.resolution_ms + cfg.grace_seconds * 1000 + 1000
     while True:
         now_ms = int(time.time() * 1000)
-        producer.send(points.from_value(heartbeat, "g", now_ms, 1.0, producer.producer_id, producer.next_seq()))
+        producer.emit(heartbeat, "g", now_ms, 1.0)
         producer.flush()
         if now_ms > close_at_ms:
             return

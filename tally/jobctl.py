@@ -19,6 +19,7 @@ from tally.stack.components import Flink
 from tally.stack.process import StackError
 
 JOBS_DIR = REPO_ROOT / "jobs"
+ACTIVE_STATES = ("RUNNING", "CREATED", "INITIALIZING", "RESTARTING", "CANCELLING")
 
 
 def _rest(cfg: TallyConfig, path: str, method: str = "GET") -> dict:
@@ -40,7 +41,7 @@ def list_jobs(cfg: TallyConfig) -> list[dict]:
 def running_job(cfg: TallyConfig, name: str) -> str | None:
     """The id of a non-terminal job with this exact name, if any."""
     for job in list_jobs(cfg):
-        if job["name"] == name and job["status"] in ("RUNNING", "CREATED", "INITIALIZING", "RESTARTING"):
+        if job["name"] == name and job["status"] in ACTIVE_STATES:
             return job["id"]
     return None
 
@@ -50,7 +51,8 @@ def prepare(cfg: TallyConfig) -> None:
     from sinks.cassandra import ensure_schema
     from tally.producer import ensure_topic
 
-    ensure_topic(cfg, cfg.points_topic)
+    for topic in (cfg.points_topic, cfg.series_topic, cfg.late_topic):
+        ensure_topic(cfg, topic, partitions=cfg.kafka_partitions)
     ensure_schema(cfg)
 
 
@@ -67,6 +69,10 @@ def submit(cfg: TallyConfig, name: str = "aggregate", job_args: list[str] | None
     existing = running_job(cfg, module.job_name(job_cfg))
     if existing:
         return existing
+    free = _rest(cfg, "/overview").get("slots-available", 0)
+    if free < job_cfg.job_parallelism:
+        raise StackError(f"the job needs {job_cfg.job_parallelism} free task slot(s), the cluster has {free}: "
+                         "cancel another job first (tally job list / tally job cancel ID)")
     flink = Flink()
     cmd = ["bash", str(flink.flink_home() / "bin" / "flink"), "run", "-d", "-py", str(script), *job_args]
     result = subprocess.run(cmd, env=flink.env(cfg), capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
@@ -86,14 +92,21 @@ def submit(cfg: TallyConfig, name: str = "aggregate", job_args: list[str] | None
     raise StackError(f"job {job_id} not RUNNING after {wait_running_s:.0f}s")
 
 
-def cancel(cfg: TallyConfig, name_or_id: str) -> None:
-    """Cancel running jobs matching a job id or a name prefix."""
-    matched = [j for j in list_jobs(cfg) if j["status"] == "RUNNING"
+def cancel(cfg: TallyConfig, name_or_id: str, wait_s: float = 60) -> None:
+    """Cancel active jobs matching a job id or a name prefix and wait until their slots are free."""
+    matched = [j for j in list_jobs(cfg) if j["status"] in ACTIVE_STATES
                and (j["id"] == name_or_id or j["name"].startswith(f"tally-{name_or_id}"))]
     if not matched:
         raise StackError(f"no running job matches {name_or_id!r}")
     for job in matched:
         _rest(cfg, f"/jobs/{job['id']}?mode=cancel", method="PATCH")
+    deadline = time.monotonic() + wait_s
+    ids = {j["id"] for j in matched}
+    while time.monotonic() < deadline:
+        if not any(j["id"] in ids and j["status"] in ACTIVE_STATES for j in list_jobs(cfg)):
+            return
+        time.sleep(0.5)
+    raise StackError(f"jobs {sorted(ids)} still not cancelled after {wait_s:.0f}s")
 
 
 def _load_job_module(script: Path):

@@ -1,62 +1,76 @@
-"""Points: the Kafka record of one series' partial aggregate over a short interval.
+"""Points and series registrations: the records producers write to Kafka.
 
-Fields and their JSON types come from ``schemas/point.json``.  Encoding is compact JSON;
-decoding validates every field and raises :class:`PointError` naming what is wrong, so a
-consumer can count and side-output a bad record instead of crashing.
+Fields and their JSON types come from ``schemas/point.json`` and ``schemas/series.json``.
+Encoding is compact JSON; decoding validates every field and raises :class:`PointError`
+naming what is wrong, so a consumer can count and side-output a bad record instead of
+crashing.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from typing import Any, Mapping
 
-from tally.schema import point_schema
+from tally.schema import point_schema, series_schema
 from tally.series import SeriesId
+from tally.sketch import Sketch, SketchDecodeError
 
 SCHEMA_VERSION = 1
-_JSON_TYPES = {"integer": int, "number": (int, float), "string": str, "object": dict}
+SKETCH_TYPES = frozenset({"ms", "h", "d"})
+_JSON_TYPES = {"integer": int, "number": (int, float), "string": str, "object": dict, "null": type(None)}
 
 
 class PointError(ValueError):
     """A record that is not a valid point; the message says which field and why."""
 
 
+def sketch_field(sketch: Sketch | None) -> str | None:
+    """The ``sk`` field of a point: base64 of the encoded sketch, or None."""
+    return None if sketch is None else base64.b64encode(sketch.to_bytes()).decode()
+
+
 def from_value(series: SeriesId, metric_type: str, ts_ms: int, value: float, pid: str, seq: int,
                count: float = 1.0) -> dict[str, Any]:
     """A point holding one raw event (count weighted by 1/sample-rate when sampled)."""
+    value = float(value)
+    sketch = Sketch().add(value, count) if metric_type in SKETCH_TYPES else None
     return {
-        "v": SCHEMA_VERSION, "tenant": series.tenant, "name": series.name,
-        "tags": series.tag_dict, "type": metric_type, "ts": int(ts_ms),
-        "sid": series.id, "series": series.key,
-        "count": float(count), "sum": float(value) * float(count),
-        "min": float(value), "max": float(value), "last": float(value),
+        "v": SCHEMA_VERSION, "tenant": series.tenant, "sid": series.id, "type": metric_type,
+        "ts": int(ts_ms), "count": float(count), "sum": value * float(count),
+        "min": value, "max": value, "last": value, "sk": sketch_field(sketch),
         "pid": pid, "seq": int(seq),
     }
 
 
-def encode(point: Mapping[str, Any]) -> bytes:
-    """Compact UTF-8 JSON of a point."""
-    return json.dumps(point, separators=(",", ":"), allow_nan=False).encode()
+def series_record(series: SeriesId) -> dict[str, Any]:
+    """The registration record naming a series (schemas/series.json)."""
+    return {"v": SCHEMA_VERSION, "tenant": series.tenant, "sid": series.id, "name": series.name,
+            "tags": series.tag_dict, "series": series.key}
 
 
-def validate(point: Any) -> dict[str, Any]:
-    """Return the point if every field matches the schema, else raise PointError."""
-    if not isinstance(point, dict):
-        raise PointError(f"point must be a JSON object, got {type(point).__name__}")
-    schema = point_schema()
+def encode(record: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON of a point or series record."""
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _check_fields(record: Any, schema: dict, what: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise PointError(f"{what} must be a JSON object, got {type(record).__name__}")
     props = schema["properties"]
-    missing = [f for f in schema["required"] if f not in point]
+    missing = [f for f in schema["required"] if f not in record]
     if missing:
         raise PointError(f"missing field(s) {missing}")
-    extra = sorted(set(point) - set(props))
+    extra = sorted(set(record) - set(props))
     if extra:
         raise PointError(f"unknown field(s) {extra}")
     for name, spec in props.items():
-        value = point[name]
-        expected = _JSON_TYPES[spec["type"]]
-        if isinstance(value, bool) or not isinstance(value, expected):
-            raise PointError(f"field {name!r} must be {spec['type']}, got {type(value).__name__}")
+        value = record[name]
+        allowed = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+        if isinstance(value, bool) or not isinstance(value, tuple(_flatten(_JSON_TYPES[t] for t in allowed))):
+            raise PointError(f"field {name!r} must be {' or '.join(allowed)}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise PointError(f"field {name!r} must be finite, got {value}")
         if "const" in spec and value != spec["const"]:
@@ -67,11 +81,39 @@ def validate(point: Any) -> dict[str, Any]:
             raise PointError(f"field {name!r} must not be empty")
         if "minimum" in spec and value < spec["minimum"]:
             raise PointError(f"field {name!r} must be >= {spec['minimum']}, got {value}")
-    if point["tags"] and not all(isinstance(v, str) for v in point["tags"].values()):
-        raise PointError("tag values must be strings")
+    return record
+
+
+def _flatten(types):
+    for t in types:
+        yield from (t if isinstance(t, tuple) else (t,))
+
+
+def validate(point: Any) -> dict[str, Any]:
+    """Return the point if every field matches the schema, else raise PointError."""
+    _check_fields(point, point_schema(), "point")
     if point["min"] > point["max"]:
         raise PointError(f"min {point['min']} > max {point['max']}")
+    if point["count"] <= 0:
+        raise PointError(f"count must be > 0, got {point['count']}")
+    if point["type"] in SKETCH_TYPES:
+        if point["sk"] is None:
+            raise PointError(f"field 'sk' is required for type {point['type']!r}")
+        try:
+            Sketch.from_bytes(base64.b64decode(point["sk"], validate=True))
+        except (binascii.Error, SketchDecodeError) as exc:
+            raise PointError(f"field 'sk' is not a valid sketch: {exc}") from None
+    elif point["sk"] is not None:
+        raise PointError(f"field 'sk' must be null for type {point['type']!r}")
     return point
+
+
+def validate_series(record: Any) -> dict[str, Any]:
+    """Return the series registration if it matches the schema, else raise PointError."""
+    _check_fields(record, series_schema(), "series record")
+    if not all(isinstance(v, str) for v in record["tags"].values()):
+        raise PointError("tag values must be strings")
+    return record
 
 
 def decode(data: bytes) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any, Iterable, Mapping
 
 from tally import point as points
 from tally.config import TallyConfig
+from tally.series import SeriesId
 
 
 def ensure_topic(cfg: TallyConfig, topic: str, partitions: int = 4, replication: int = 1,
@@ -47,23 +48,30 @@ def series_key_bytes(sid: int) -> bytes:
 
 
 class PointProducer:
-    """Sends points to the points topic with acks=all, idempotence and the series id as key.
+    """Sends points and series registrations to Kafka with acks=all and idempotence.
 
-    Each producer has its own id and sequence, stamped on every point it builds, so
-    replays of the same point can be recognised downstream.
+    Each producer has its own id and a sequence stamped on every point it builds; the job
+    drops a point whose sequence is not above the highest it has seen from the same
+    producer on the same partition, so replays of sent points are counted once.  That
+    needs sequences in send order per partition: a PointProducer is not thread-safe and
+    callers serialise ``emit``/``send`` (the client library holds a lock).
     """
 
-    def __init__(self, cfg: TallyConfig, topic: str | None = None, producer_id: str | None = None):
+    def __init__(self, cfg: TallyConfig, producer_id: str | None = None):
         from kafka import KafkaProducer
 
-        self.topic = topic or cfg.points_topic
+        self.points_topic = cfg.points_topic
+        self.series_topic = cfg.series_topic
         self.producer_id = producer_id or f"py-{uuid.uuid4().hex[:12]}"
         self.seq = 0
+        self._registered: set[int] = set()
         self._producer = KafkaProducer(
             bootstrap_servers=cfg.kafka_bootstrap,
             acks="all",
             enable_idempotence=True,
+            max_in_flight_requests_per_connection=5,
             linger_ms=20,
+            batch_size=256 * 1024,
             compression_type="gzip",
         )
 
@@ -72,10 +80,26 @@ class PointProducer:
         self.seq += 1
         return self.seq
 
-    def send(self, point: Mapping[str, Any]) -> None:
-        """Queue one point (validated) for sending."""
-        points.validate(dict(point))
-        self._producer.send(self.topic, key=series_key_bytes(point["sid"]), value=points.encode(point))
+    def register(self, series: SeriesId) -> None:
+        """Name a series on the series topic, once per producer."""
+        if series.id in self._registered:
+            return
+        self._producer.send(self.series_topic, key=series_key_bytes(series.id),
+                            value=points.encode(points.series_record(series)))
+        self._registered.add(series.id)
+
+    def emit(self, series: SeriesId, metric_type: str, ts_ms: int, value: float, count: float = 1.0) -> dict:
+        """Register the series if new, then send one raw event as a point; returns the point."""
+        self.register(series)
+        point = points.from_value(series, metric_type, ts_ms, value, self.producer_id, self.next_seq(), count)
+        self.send(point, validate=False)
+        return point
+
+    def send(self, point: Mapping[str, Any], validate: bool = True) -> None:
+        """Queue one point (validated unless the caller built it) for sending."""
+        if validate:
+            points.validate(dict(point))
+        self._producer.send(self.points_topic, key=series_key_bytes(point["sid"]), value=points.encode(point))
 
     def send_all(self, batch: Iterable[Mapping[str, Any]]) -> int:
         """Queue many points and wait until the broker acknowledged all of them."""

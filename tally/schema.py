@@ -24,6 +24,18 @@ def point_schema() -> dict:
     return json.loads((SCHEMA_DIR / "point.json").read_text())
 
 
+@lru_cache(maxsize=None)
+def series_schema() -> dict:
+    """The JSON Schema of the series registration record."""
+    return json.loads((SCHEMA_DIR / "series.json").read_text())
+
+
+@lru_cache(maxsize=None)
+def redis_layout() -> dict:
+    """The Redis key layout (schemas/redis.json)."""
+    return json.loads((SCHEMA_DIR / "redis.json").read_text())
+
+
 def point_fields() -> tuple[str, ...]:
     """The point record's field names, in schema order."""
     return tuple(point_schema()["properties"])
@@ -32,6 +44,11 @@ def point_fields() -> tuple[str, ...]:
 def point_sql_columns() -> tuple[tuple[str, str], ...]:
     """(field, Flink SQL type) for every point field, for the Kafka source table DDL."""
     return tuple((name, spec["x-sql"]) for name, spec in point_schema()["properties"].items())
+
+
+def series_sql_columns() -> tuple[tuple[str, str], ...]:
+    """(field, Flink SQL type) for every series registration field."""
+    return tuple((name, spec["x-sql"]) for name, spec in series_schema()["properties"].items())
 
 
 @lru_cache(maxsize=None)

@@ -1,8 +1,8 @@
 """Integration fixtures: the real local stack, started through the project's launcher.
 
 The stack is reused when it is already healthy (and then left running); a stack this
-session started is stopped at the end.  Each test run gets its own topic, keyspace and
-consumer group, and removes them afterwards.
+session started is stopped at the end.  Each test module that needs the aggregation job
+gets its own topics, keyspace and consumer group and its own job run, removed afterwards.
 """
 
 from __future__ import annotations
@@ -29,25 +29,32 @@ def stack_cfg() -> TallyConfig:
         launcher.down(cfg)
 
 
-@pytest.fixture(scope="session")
-def pipeline_cfg(stack_cfg):
-    """A private topic / keyspace / group, with the aggregation job running on them."""
+def job_flags(cfg: TallyConfig) -> list[str]:
+    """Command-line flags that run jobs/aggregate.py on exactly this config."""
+    names = ["points_topic", "series_topic", "late_topic", "keyspace", "consumer_group", "grace_seconds",
+             "source_idle_timeout_seconds", "job_parallelism", "salt_buckets", "checkpoint_interval_seconds"]
+    return [arg for name in names for arg in ("--" + name.replace("_", "-"), str(getattr(cfg, name)))]
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack_cfg):
+    """(config, job id): a private topic set and keyspace with the aggregation job running."""
     from sinks.cassandra import drop_keyspace
     from tally import jobctl
     from tally.producer import delete_topic
 
     run = uuid.uuid4().hex[:8]
     cfg = dataclasses.replace(
-        stack_cfg, points_topic=f"tally.it.{run}", keyspace=f"tally_it_{run}",
-        consumer_group=f"tally-it-{run}", grace_seconds=2, source_idle_timeout_seconds=2,
+        stack_cfg, points_topic=f"tally.it.{run}.points", series_topic=f"tally.it.{run}.series",
+        late_topic=f"tally.it.{run}.late", keyspace=f"tally_it_{run}", consumer_group=f"tally-it-{run}",
+        grace_seconds=2, source_idle_timeout_seconds=2, job_parallelism=2, salt_buckets=16,
+        checkpoint_interval_seconds=5,
     )
-    job_args = ["--topic", cfg.points_topic, "--keyspace", cfg.keyspace, "--consumer-group", cfg.consumer_group,
-                "--grace-seconds", str(cfg.grace_seconds),
-                "--source-idle-timeout-seconds", str(cfg.source_idle_timeout_seconds)]
-    job_id = jobctl.submit(stack_cfg, "aggregate", job_args)
-    yield dataclasses.replace(cfg), job_id
+    job_id = jobctl.submit(stack_cfg, "aggregate", job_flags(cfg))
+    yield cfg, job_id
     try:
         jobctl.cancel(stack_cfg, job_id)
     finally:
-        delete_topic(stack_cfg, cfg.points_topic)
+        for topic in (cfg.points_topic, cfg.series_topic, cfg.late_topic):
+            delete_topic(stack_cfg, topic)
         drop_keyspace(cfg)

@@ -1,10 +1,12 @@
-"""jobs/aggregate.build() with an injected collection source and collecting sink.
+"""jobs/aggregate.build() with an injected collection source and a collecting sink.
 
-Runs the job's SQL on a local Flink mini-cluster (a JVM, no Kafka/Cassandra): the
-bounded source ends with a final watermark, so every window fires.
+Runs the job's SQL (with the Java UDFs) on a local Flink mini-cluster: no Kafka, no
+Cassandra.  The bounded source ends with a final watermark, so every window fires.
 """
 
 from __future__ import annotations
+
+import base64
 
 import pytest
 
@@ -13,6 +15,7 @@ from tally import point as points
 from tally.config import TallyConfig
 from tally.schema import point_sql_columns
 from tally.series import series_id
+from tally.sketch import Sketch
 
 pytestmark = pytest.mark.integration
 
@@ -30,42 +33,63 @@ def collection_source(env, rows):
             def extract_timestamp(self, value, record_timestamp):
                 return value["ts"]
 
-        names = [n for n, _ in point_sql_columns()]
         py_types = {"INT": Types.INT(), "STRING": Types.STRING(), "BIGINT": Types.LONG(),
-                    "DOUBLE": Types.DOUBLE(), "MAP<STRING, STRING>": Types.MAP(Types.STRING(), Types.STRING())}
-        type_info = Types.ROW_NAMED(names, [py_types[t] for _, t in point_sql_columns()])
-        stream = env.from_collection([Row(**{n: r[n] for n in names}) for r in rows], type_info)
+                    "DOUBLE": Types.DOUBLE(), "BYTES": Types.PRIMITIVE_ARRAY(Types.BYTE())}
+        names = [n for n, _ in point_sql_columns()] + ["part"]
+        types = [py_types[t] for _, t in point_sql_columns()] + [Types.INT()]
+
+        def as_row(p):
+            values = {**p, "sk": base64.b64decode(p["sk"]) if p["sk"] else None, "part": 0}
+            return Row(**{n: values[n] for n in names})
+
+        stream = env.from_collection([as_row(r) for r in rows], Types.ROW_NAMED(names, types))
         stream = stream.assign_timestamps_and_watermarks(
             WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_seconds(cfg.grace_seconds))
             .with_timestamp_assigner(EventTime()))
         schema = (Schema.new_builder()
-                  .column_by_metadata("rowtime", DataTypes.TIMESTAMP_LTZ(3))
-                  .watermark("rowtime", "SOURCE_WATERMARK()").build())
+                  .column_by_metadata("rt", DataTypes.TIMESTAMP_LTZ(3), "rowtime")
+                  .column_by_expression("pt", "PROCTIME()")
+                  .watermark("rt", "SOURCE_WATERMARK()").build())
         t_env.create_temporary_view("points", t_env.from_data_stream(stream, schema))
         return "points"
 
     return register
 
 
-def test_build_computes_exact_10s_buckets():
+def test_build_computes_exact_buckets_for_every_tier():
     from pyflink.datastream import StreamExecutionEnvironment
 
     s1 = series_id("t", "m", {"h": "1"})
-    s2 = series_id("t", "m", {"h": "2"})
+    s2 = series_id("t", "lat", {"h": "2"})
     rows = [points.from_value(s1, "c", ts, v, "p", i) for i, (ts, v) in
-            enumerate([(1_000, 1.0), (9_999, 2.0), (10_000, 5.0), (4_000, 3.0)])]
-    rows += [points.from_value(s2, "ms", 25_000, 7.5, "p", 10, count=4.0)]
+            enumerate([(1_000, 1.0), (9_999, 2.0), (10_000, 5.0), (4_000, 3.0)], start=1)]
+    rows.append(dict(rows[0]))  # a replay of seq 1: dropped
+    rows += [points.from_value(s2, "ms", 25_000 + i, float(v), "p", 10 + i) for i, v in enumerate([7.5, 2.0, 9.0])]
 
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(1)
-    source = collection_source(env, rows)
-    collected = []
-    buckets = aggregate.build(env, source, lambda stream, cfg: collected.append(stream), TallyConfig())
-    with buckets.execute_and_collect() as results:
-        got = {(r["sid"], r["bucket_ms"]): (r["cnt"], r["total"], r["vmin"], r["vmax"]) for r in results}
-    assert collected, "the sink was handed the bucket stream"
-    assert got == {
-        (s1.id, 0): (3.0, 6.0, 1.0, 3.0),
-        (s1.id, 10_000): (1.0, 5.0, 5.0, 5.0),
-        (s2.id, 20_000): (4.0, 30.0, 7.5, 7.5),
-    }
+    from pyflink.common.typeinfo import Types
+
+    handed = []
+
+    def collecting_sink(t_env, stream, cfg):
+        # Through a Python map, as the real sink receives rows (the collect path of
+        # PyFlink cannot convert a NULL BYTES field itself).
+        handed.append(stream.map(lambda r: r.as_dict(), output_type=Types.PICKLED_BYTE_ARRAY()))
+
+    aggregate.build(env, collection_source(env, rows), collecting_sink, TallyConfig(salt_buckets=2))
+    assert handed, "the sink was handed the bucket stream"
+    with handed[0].execute_and_collect() as results:
+        got = list(results)
+    by_key = {(r["kind"], r["tier"], r["sid"], r["ts"]): r for r in got}
+    assert sum(1 for r in got if r["kind"] == "dup") == 1
+    one = by_key[("bucket", "10s", s1.id, 0)]
+    assert (one["cnt"], one["total"], one["vmin"], one["vmax"], one["vlast"]) == (3.0, 6.0, 1.0, 3.0, 2.0)
+    assert by_key[("bucket", "1s", s1.id, 9_000)]["cnt"] == 1.0
+    day = by_key[("bucket", "1d", s1.id, 0)]
+    assert (day["cnt"], day["total"], day["vlast"]) == (4.0, 11.0, 5.0)
+    lat = by_key[("bucket", "1m", s2.id, 0)]
+    sketch = Sketch.from_bytes(lat["sk"])
+    assert sketch == Sketch().add(7.5).add(2.0).add(9.0)
+    assert (lat["cnt"], lat["vlast"], lat["last_ts"]) == (3.0, 9.0, 25_002)
+    assert {r["tier"] for r in got if r["kind"] == "bucket"} == {"1s", "10s", "1m", "1h", "1d"}

@@ -1,3 +1,4 @@
+import base64
 import dataclasses
 import json
 
@@ -7,6 +8,7 @@ from sinks.cassandra import BucketRow
 from tally import point
 from tally.schema import bucket_columns, cql_statements, point_fields, point_sql_columns, twcs_window
 from tally.series import series_id
+from tally.sketch import Sketch
 from tally.tiers import DEFAULT_TIERS
 
 
@@ -21,6 +23,18 @@ def test_point_round_trips_and_matches_schema_fields():
     assert tuple(p) == point_fields()
     assert point.decode(point.encode(p)) == p
     assert p["count"] == 1.0 and p["sum"] == p["min"] == p["max"] == p["last"] == 12.5
+    # Timers carry their sketch; counters and gauges do not.
+    sketch = Sketch.from_bytes(base64.b64decode(p["sk"]))
+    assert sketch.count == 1.0 and abs(sketch.quantile(0.5) - 12.5) <= 0.01 * 12.5
+    assert point.from_value(series_id("a", "m"), "c", 0, 1.0, "p", 1)["sk"] is None
+
+
+def test_series_record_names_the_series():
+    sid = series_id("acme", "lat", {"h": "a"})
+    record = point.validate_series(point.series_record(sid))
+    assert record["sid"] == sid.id and record["series"] == sid.key and record["tags"] == {"h": "a"}
+    with pytest.raises(point.PointError, match="missing field"):
+        point.validate_series({"v": 1})
 
 
 def test_sampled_event_counts_one_over_rate():
@@ -39,6 +53,10 @@ def test_sampled_event_counts_one_over_rate():
         ({"seq": -1}, "'seq' must be >= 0"),
         ({"min": 5.0, "max": 1.0}, "min 5.0 > max 1.0"),
         ({"extra": 1}, "unknown field"),
+        ({"sk": None}, "'sk' is required for type 'ms'"),
+        ({"sk": "!!notbase64"}, "'sk' is not a valid sketch"),
+        ({"type": "c"}, "'sk' must be null for type 'c'"),
+        ({"count": 0.0}, "count must be > 0"),
     ],
 )
 def test_invalid_points_name_the_problem(overrides, message):
@@ -63,11 +81,24 @@ def test_cql_columns_agree_with_record_and_bucket_row():
     aggregate_fields = {"count", "sum", "min", "max", "last"}
     assert aggregate_fields <= set(point_fields())
     assert aggregate_fields <= columns
-    assert {"tenant", "sid", "series"} <= set(point_fields()) & columns
+    assert {"tenant", "sid"} <= set(point_fields()) & columns
     # The writer fills every column from BucketRow plus the derived part / written_ms.
     assert columns == {f.name for f in dataclasses.fields(BucketRow)} | {"part", "written_ms"}
-    # SQL types exist for every record field.
+    # SQL types exist for every record field; the sketch travels as BYTES (base64 in JSON).
     assert [n for n, _ in point_sql_columns()] == list(point_fields())
+    assert dict(point_sql_columns())["sk"] == "BYTES"
+
+
+def test_bucket_stream_columns_map_onto_the_bucket_row():
+    from sinks.redis_cache import decode_member, encode_member
+    from tally.aggsql import BUCKET_COLUMNS
+
+    assert BUCKET_COLUMNS == ("kind", "tier", "tenant", "sid", "ts", "cnt", "total", "vmin", "vmax", "vlast",
+                              "last_ts", "sk")
+    row = BucketRow("t", 5, 10_000, 3.0, 6.0, 1.0, 3.0, 2.0, 10_500, b"\x01\x02")
+    assert decode_member(encode_member(row)) == {
+        "ts": 10_000, "count": 3.0, "sum": 6.0, "min": 1.0, "max": 3.0, "last": 2.0, "last_ts": 10_500,
+        "sketch": b"\x01\x02"}
 
 
 def test_cql_has_one_table_per_tier_with_its_ttl():

@@ -1,0 +1,65 @@
+"""Write-through of recent buckets to Redis, and the data-quality counters.
+
+Key layout from ``schemas/redis.json``: one sorted set per (tier, tenant, series) scored by
+bucket start, trimmed to the tier's recent window and expiring with it.  A bucket is
+replaced, never duplicated, when it is written again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from tally.config import TallyConfig
+from tally.schema import redis_layout
+
+
+def bucket_key(tier: str, tenant: str, sid: int) -> str:
+    """The sorted set holding a series' recent buckets of one tier."""
+    return redis_layout()["keys"]["bucket"]["pattern"].format(tier=tier, tenant=tenant, sid=sid)
+
+
+def quality_key(tenant: str) -> str:
+    """The hash of a tenant's data-quality counters."""
+    return redis_layout()["keys"]["quality"]["pattern"].format(tenant=tenant)
+
+
+def encode_member(row) -> str:
+    """The sorted-set member of a bucket: a JSON array (see schemas/redis.json)."""
+    sketch = base64.b64encode(row.sketch).decode() if row.sketch else None
+    return json.dumps([row.ts, row.count, row.sum, row.min, row.max, row.last, row.last_ts, sketch],
+                      separators=(",", ":"))
+
+
+def decode_member(member: str | bytes) -> dict:
+    """Inverse of encode_member, as a dict with the bucket column names."""
+    ts, count, total, vmin, vmax, last, last_ts, sketch = json.loads(member)
+    return {"ts": ts, "count": count, "sum": total, "min": vmin, "max": vmax, "last": last,
+            "last_ts": last_ts, "sketch": base64.b64decode(sketch) if sketch else None}
+
+
+class RedisBucketCache:
+    """Async write-through of bucket rows (redis.asyncio), one pipeline per bucket."""
+
+    def __init__(self, cfg: TallyConfig):
+        import redis.asyncio as aioredis
+
+        self._client = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._window_ms = {tier: seconds * 1000 for tier, seconds in
+                           redis_layout()["keys"]["bucket"]["window_seconds"].items()}
+
+    async def write(self, tier: str, tenant: str, row) -> None:
+        key = bucket_key(tier, tenant, row.sid)
+        window_ms = self._window_ms[tier]
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zremrangebyscore(key, row.ts, row.ts)
+        pipe.zadd(key, {encode_member(row): row.ts})
+        pipe.zremrangebyscore(key, "-inf", f"({row.ts - window_ms}")
+        pipe.pexpire(key, window_ms)
+        await pipe.execute()
+
+    async def count(self, tenant: str, field: str, amount: float = 1) -> None:
+        await self._client.hincrbyfloat(quality_key(tenant), field, amount)
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,177 @@
+"""The Flink SQL of the aggregation job, as plain strings (no Flink import).
+
+Every per-point step runs in Java operators; Python only sees finished buckets.  Views,
+in pipeline order:
+
+``points``      source table (Kafka, or a test's collection) with event time ``rt``
+``valid``       records whose required fields all parsed (the JSON format turns a field of
+                the wrong type into NULL); the others are ``rejected`` and counted
+``fresh``       replays dropped: a point is a replay when its ``seq`` is not above the
+                highest ``seq`` seen before from the same producer on the same Kafka
+                partition (state: one number per producer and partition)
+``dups``        the dropped replays (counted)
+``marked``      ``late`` = its 1 s bucket has already fired (watermark passed its end)
+``late_points`` beyond grace: to the late topic and the late counters
+``phase1``      1 s windows keyed by (tenant, sid, salt): a hot series is spread over
+                ``salt_buckets`` keys and so over all subtasks
+``agg_1s``      1 s windows keyed by (tenant, sid): merge of the phase-1 partials
+``agg_<tier>``  each coarser tier merged from the tier below (rollup cascade)
+``buckets``     every tier's buckets plus the late and duplicate rows, one schema, for
+                the Python sink
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tally.config import TallyConfig
+from tally.schema import point_sql_columns, series_sql_columns
+from tally.tiers import DEFAULT_TIERS, Tier
+
+# Columns of every tier view and of the sink stream, in order.
+BUCKET_COLUMNS = ("kind", "tier", "tenant", "sid", "ts", "cnt", "total", "vmin", "vmax", "vlast", "last_ts", "sk")
+
+
+def _columns_ddl(columns) -> str:
+    return ",\n  ".join(f"`{name}` {sql_type}" for name, sql_type in columns)
+
+
+def kafka_points_ddl(cfg: TallyConfig, table: str = "points") -> str:
+    """The points topic as a table with event time ``rt``, watermark and partition metadata."""
+    return f"""
+CREATE TEMPORARY TABLE {table} (
+  {_columns_ddl(point_sql_columns())},
+  `part` INT METADATA FROM 'partition' VIRTUAL,
+  rt AS TO_TIMESTAMP_LTZ(`ts`, 3),
+  pt AS PROCTIME(),
+  WATERMARK FOR rt AS rt - INTERVAL '{cfg.grace_seconds}' SECOND
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '{cfg.points_topic}',
+  'properties.bootstrap.servers' = '{cfg.kafka_bootstrap}',
+  'properties.group.id' = '{cfg.consumer_group}',
+  'properties.auto.offset.reset' = 'earliest',
+  'scan.startup.mode' = 'group-offsets',
+  'format' = 'json',
+  'json.fail-on-missing-field' = 'false',
+  -- A field of the wrong type becomes NULL and the record is counted as rejected by the
+  -- job (view `rejected`); bytes that are not JSON at all are skipped by the format.
+  'json.ignore-parse-errors' = 'true'
+)"""
+
+
+def kafka_series_ddl(cfg: TallyConfig, table: str = "series_registrations") -> str:
+    """The series registration topic as a table."""
+    return f"""
+CREATE TEMPORARY TABLE {table} (
+  {_columns_ddl(series_sql_columns())}
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '{cfg.series_topic}',
+  'properties.bootstrap.servers' = '{cfg.kafka_bootstrap}',
+  'properties.group.id' = '{cfg.consumer_group}-series',
+  'properties.auto.offset.reset' = 'earliest',
+  'scan.startup.mode' = 'group-offsets',
+  'format' = 'json'
+)"""
+
+
+def kafka_late_ddl(cfg: TallyConfig, table: str = "late_sink") -> str:
+    """The late side output: beyond-grace points, as point records, on the late topic."""
+    return f"""
+CREATE TEMPORARY TABLE {table} (
+  {_columns_ddl(point_sql_columns())}
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '{cfg.late_topic}',
+  'properties.bootstrap.servers' = '{cfg.kafka_bootstrap}',
+  'format' = 'json',
+  'sink.delivery-guarantee' = 'at-least-once'
+)"""
+
+
+def interval(seconds: int) -> str:
+    """A SQL interval literal in the largest whole unit (SECOND literals are limited to 99)."""
+    for unit, size in (("DAY", 86_400), ("HOUR", 3_600), ("MINUTE", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"INTERVAL '{seconds // size}' {unit}"
+    return f"INTERVAL '{seconds}' SECOND"
+
+
+def _point_fields() -> str:
+    return ", ".join(f"`{name}`" for name, _ in point_sql_columns())
+
+
+def views(source: str, tiers: Sequence[Tier] = DEFAULT_TIERS, salt_buckets: int = 4) -> list[tuple[str, str]]:
+    """(view name, query) pairs, in dependency order, from the source table to ``buckets``."""
+    first = tiers[0]
+    first_ms = first.resolution_ms
+    required = [n for n, _ in point_sql_columns() if n not in ("sk", "v")]
+    complete = " AND ".join(f"`{n}` IS NOT NULL" for n in required)
+    out: list[tuple[str, str]] = [
+        ("valid", f"SELECT * FROM {source} WHERE {complete}"),
+        ("rejected", f"SELECT {_point_fields()} FROM {source} WHERE NOT ({complete})"),
+        ("seq_max", """
+SELECT *, MAX(seq) OVER (PARTITION BY pid, part ORDER BY pt
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS seq_max_incl
+FROM valid"""),
+        ("seq_prev", """
+SELECT *, LAG(seq_max_incl) OVER (PARTITION BY pid, part ORDER BY pt) AS seq_max_before
+FROM seq_max"""),
+        ("fresh", f"SELECT {_point_fields()}, rt FROM seq_prev WHERE seq_max_before IS NULL OR seq > seq_max_before"),
+        ("dups", f"SELECT {_point_fields()} FROM seq_prev WHERE seq_max_before IS NOT NULL AND seq <= seq_max_before"),
+        # A window [s, e) fires once the watermark reaches e - 1; a point whose first-tier
+        # window has fired would be dropped by the window operator, so it is routed here.
+        ("marked", f"""
+SELECT *, COALESCE(
+  TO_TIMESTAMP_LTZ(`ts` - MOD(`ts`, {first_ms}) + {first_ms - 1}, 3) <= CURRENT_WATERMARK(rt),
+  FALSE) AS late
+FROM fresh"""),
+        ("late_points", f"SELECT {_point_fields()} FROM marked WHERE late"),
+        ("on_time", f"SELECT {_point_fields()}, rt FROM marked WHERE NOT late"),
+        ("phase1", f"""
+SELECT tenant, sid, window_time AS rt,
+  SUM(`count`) AS cnt, SUM(`sum`) AS total, MIN(`min`) AS vmin, MAX(`max`) AS vmax,
+  last_by_time(`ts`, `last`) AS vlast, MAX(`ts`) AS last_ts, MIN(`ts`) AS first_ts,
+  sketch_agg(sk) AS sk
+FROM TABLE(TUMBLE(TABLE on_time, DESCRIPTOR(rt), {interval(first.resolution_seconds)}))
+GROUP BY tenant, sid, MOD(seq, {salt_buckets}), window_start, window_end, window_time"""),
+    ]
+    child = "phase1"
+    for tier in tiers:
+        out.append((f"agg_{tier.name}", f"""
+SELECT tenant, sid, window_time AS rt,
+  SUM(cnt) AS cnt, SUM(total) AS total, MIN(vmin) AS vmin, MAX(vmax) AS vmax,
+  last_by_time(last_ts, vlast) AS vlast, MAX(last_ts) AS last_ts, MIN(first_ts) AS first_ts,
+  sketch_agg(sk) AS sk
+FROM TABLE(TUMBLE(TABLE {child}, DESCRIPTOR(rt), {interval(tier.resolution_seconds)}))
+GROUP BY tenant, sid, window_start, window_end, window_time"""))
+        child = f"agg_{tier.name}"
+    parts = [
+        f"""SELECT 'bucket' AS kind, '{t.name}' AS tier, tenant, sid,
+  first_ts - MOD(first_ts, {t.resolution_ms}) AS ts, cnt, total, vmin, vmax, vlast, last_ts, sk
+FROM agg_{t.name}"""
+        for t in tiers
+    ]
+    for kind, view in (("late", "late_points"), ("dup", "dups"), ("rejected", "rejected")):
+        parts.append(f"""SELECT '{kind}' AS kind, '{first.name}' AS tier, tenant, sid, `ts`,
+  `count` AS cnt, `sum` AS total, `min` AS vmin, `max` AS vmax, `last` AS vlast, `ts` AS last_ts, sk
+FROM {view}""")
+    out.append(("buckets", "\nUNION ALL\n".join(parts)))
+    return out
+
+
+def late_insert(sink_table: str = "late_sink") -> str:
+    """INSERT of the beyond-grace points into the late topic."""
+    return f"INSERT INTO {sink_table} SELECT {_point_fields()} FROM late_points"
+
+
+JOB_SETTINGS = {
+    # UTC so day windows align with the epoch like tally.tiers.
+    "table.local-time-zone": "UTC",
+    # Local-global aggregation of every window aggregate (needs mini-batch).
+    "table.exec.mini-batch.enabled": "true",
+    "table.exec.mini-batch.allow-latency": "200 ms",
+    "table.exec.mini-batch.size": "5000",
+    "table.optimizer.agg-phase-strategy": "TWO_PHASE",
+}
