@@ -16,8 +16,9 @@ event time by ``grace_seconds`` (bounded out-of-orderness); a window fires when 
 watermark passes its end, so a point up to ``grace_seconds`` late still lands in its
 bucket.  A point whose 1 s window has already fired is beyond grace: it goes to the late
 topic (``tally.points.late``) and the late counters, and is repaired by reconciliation.
-An idle Kafka partition stops holding the watermark back after
-``source_idle_timeout_seconds``.
+Producers send watermark ticks (type ``w``) to every partition, so a quiet partition does
+not hold event time back; a partition without any record for
+``source_idle_timeout_seconds`` (0 = never) is treated as idle.
 
 Inputs: Kafka ``tally.points`` (schemas/point.json) and ``tally.series``
 (schemas/series.json), from the committed offsets of group ``tally-aggregate``.
@@ -58,8 +59,8 @@ def kafka_source(t_env, cfg: TallyConfig) -> str:
 
 
 def production_sink(t_env, buckets, cfg: TallyConfig) -> None:
-    """Buckets to Cassandra + Redis (async Python sink), late points to the late topic,
-    series registrations to the series index."""
+    """Buckets to Cassandra + Redis and late points to the late topic (one async Python
+    sink), series registrations to the series index."""
     from pyflink.common import Time
     from pyflink.common.typeinfo import Types
     from pyflink.datastream import AsyncDataStream
@@ -71,11 +72,7 @@ def production_sink(t_env, buckets, cfg: TallyConfig) -> None:
     ).name("bucket-sink").uid("bucket-sink")
     _discard(written, "bucket-sink-end")
 
-    t_env.execute_sql(aggsql.kafka_late_ddl(cfg, "late_sink"))
     t_env.execute_sql(aggsql.kafka_series_ddl(cfg, "series_registrations"))
-    statements = t_env.create_statement_set()
-    statements.add_insert_sql(aggsql.late_insert("late_sink"))
-    statements.attach_as_datastream()
     registrations = t_env.to_data_stream(t_env.from_path("series_registrations"))
     indexed = (registrations.map(SeriesIndexSink(cfg), output_type=Types.STRING())
                .name("series-index-sink").uid("series-index-sink"))
@@ -103,7 +100,7 @@ def build(env, source: Source, sink: Sink, cfg: TallyConfig):
     conf = t_env.get_config()
     for key, value in aggsql.JOB_SETTINGS.items():
         conf.set(key, value)
-    conf.set("table.exec.source.idle-timeout", f"{cfg.source_idle_timeout_seconds} s")
+    conf.set("table.exec.source.idle-timeout", f"{cfg.source_idle_timeout_seconds * 1000} ms")
     conf.set("table.exec.state.ttl", f"{cfg.dedup_state_ttl_hours} h")
     conf.set("pipeline.name", job_name(cfg))
     for name, class_name in FUNCTIONS.items():

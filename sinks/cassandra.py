@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
+from sinks.aio import callback_future
 from tally.config import TallyConfig
 from tally.cql import connect
 from tally.schema import SINGLE_NODE_REPLICATION, bucket_columns, bucket_table, cql_statements
@@ -58,21 +59,6 @@ class BucketRow:
     sketch: bytes | None = None
 
 
-def _asyncio_future(response_future) -> asyncio.Future:
-    """Bridge a driver ResponseFuture (completed on the driver's thread) to asyncio."""
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-
-    def done(result):
-        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
-
-    def failed(exc):
-        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
-
-    response_future.add_callbacks(done, failed)
-    return fut
-
-
 class BucketWriter:
     """Writes BucketRows with prepared, idempotent upserts (one statement per tier)."""
 
@@ -113,7 +99,8 @@ class BucketWriter:
         values = self._values(tier, row)
         for attempt in range(1, self.max_attempts + 1):
             try:
-                await _asyncio_future(self._session.execute_async(self._statements[tier_name], values))
+                response = self._session.execute_async(self._statements[tier_name], values)
+                await callback_future(response.add_callbacks)
                 self.written += 1
                 return
             except Exception as exc:  # driver errors: unavailable, timeouts, connection loss

@@ -28,15 +28,18 @@ class BucketSink(AsyncFunction):
         self.cfg = cfg
         self.writer = None
         self.cache = None
+        self.late = None
         self.counters = {}
         self._group = None
 
     def open(self, runtime_context: RuntimeContext):
         from sinks.cassandra import BucketWriter
+        from sinks.late import LateTopicWriter
         from sinks.redis_cache import RedisBucketCache
 
         self.writer = BucketWriter(self.cfg)
         self.cache = RedisBucketCache(self.cfg)
+        self.late = LateTopicWriter(self.cfg)
         self._group = runtime_context.get_metrics_group().add_group("tally")
 
     def _count(self, name: str, amount: int = 1):
@@ -58,7 +61,9 @@ class BucketSink(AsyncFunction):
             self._count(f"buckets_written_{tier}")
             await self._cache(self.cache.write(tier, tenant, bucket))
         else:
-            # late (beyond grace: missing from every tier), dup (replay dropped), rejected
+            if kind == "late":  # beyond grace: kept on the late topic for reconciliation
+                await self.late.write(row)
+            # late (missing from every tier), dup (replay dropped), rejected: counted
             fields = ["late_beyond_grace:" + t for t in _TIER_NAMES] if kind == "late" else [
                 "duplicates_dropped" if kind == "dup" else "rejected"]
             for field in fields:
@@ -77,6 +82,8 @@ class BucketSink(AsyncFunction):
     def close(self):
         if self.writer is not None:
             self.writer.close()
+        if self.late is not None:
+            self.late.close()
 
 
 class SeriesIndexSink(MapFunction):

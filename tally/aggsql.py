@@ -4,7 +4,7 @@ Every per-point step runs in Java operators; Python only sees finished buckets. 
 in pipeline order:
 
 ``points``      source table (Kafka, or a test's collection) with event time ``rt``
-``valid``       records whose required fields all parsed (the JSON format turns a field of
+``valid``       points (not watermark ticks) whose required fields all parsed (the JSON format turns a field of
                 the wrong type into NULL); the others are ``rejected`` and counted
 ``fresh``       replays dropped: a point is a replay when its ``seq`` is not above the
                 highest ``seq`` seen before from the same producer on the same Kafka
@@ -16,8 +16,10 @@ in pipeline order:
                 ``salt_buckets`` keys and so over all subtasks
 ``agg_1s``      1 s windows keyed by (tenant, sid): merge of the phase-1 partials
 ``agg_<tier>``  each coarser tier merged from the tier below (rollup cascade)
-``buckets``     every tier's buckets plus the late and duplicate rows, one schema, for
-                the Python sink
+``buckets``     every tier's buckets plus the late, duplicate and rejected rows, one
+                schema, for the Python sink.  Everything leaves the SQL through this one
+                stream: a second output (an INSERT) would be planned separately and read the
+                topic a second time, with its own watermarks and so its own late decisions.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from tally.schema import point_sql_columns, series_sql_columns
 from tally.tiers import DEFAULT_TIERS, Tier
 
 # Columns of every tier view and of the sink stream, in order.
-BUCKET_COLUMNS = ("kind", "tier", "tenant", "sid", "ts", "cnt", "total", "vmin", "vmax", "vlast", "last_ts", "sk")
+BUCKET_COLUMNS = ("kind", "tier", "tenant", "sid", "ts", "cnt", "total", "vmin", "vmax", "vlast", "last_ts", "sk",
+                  "mtype", "pid", "seq")
 
 
 def _columns_ddl(columns) -> str:
@@ -76,20 +79,6 @@ CREATE TEMPORARY TABLE {table} (
 )"""
 
 
-def kafka_late_ddl(cfg: TallyConfig, table: str = "late_sink") -> str:
-    """The late side output: beyond-grace points, as point records, on the late topic."""
-    return f"""
-CREATE TEMPORARY TABLE {table} (
-  {_columns_ddl(point_sql_columns())}
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '{cfg.late_topic}',
-  'properties.bootstrap.servers' = '{cfg.kafka_bootstrap}',
-  'format' = 'json',
-  'sink.delivery-guarantee' = 'at-least-once'
-)"""
-
-
 def interval(seconds: int) -> str:
     """A SQL interval literal in the largest whole unit (SECOND literals are limited to 99)."""
     for unit, size in (("DAY", 86_400), ("HOUR", 3_600), ("MINUTE", 60)):
@@ -109,7 +98,8 @@ def views(source: str, tiers: Sequence[Tier] = DEFAULT_TIERS, salt_buckets: int 
     required = [n for n, _ in point_sql_columns() if n not in ("sk", "v")]
     complete = " AND ".join(f"`{n}` IS NOT NULL" for n in required)
     out: list[tuple[str, str]] = [
-        ("valid", f"SELECT * FROM {source} WHERE {complete}"),
+        # Watermark ticks (type 'w') only move event time at the source; never aggregated.
+        ("valid", f"SELECT * FROM {source} WHERE {complete} AND `type` <> 'w'"),
         ("rejected", f"SELECT {_point_fields()} FROM {source} WHERE NOT ({complete})"),
         ("seq_max", """
 SELECT *, MAX(seq) OVER (PARTITION BY pid, part ORDER BY pt
@@ -149,21 +139,18 @@ GROUP BY tenant, sid, window_start, window_end, window_time"""))
         child = f"agg_{tier.name}"
     parts = [
         f"""SELECT 'bucket' AS kind, '{t.name}' AS tier, tenant, sid,
-  first_ts - MOD(first_ts, {t.resolution_ms}) AS ts, cnt, total, vmin, vmax, vlast, last_ts, sk
+  first_ts - MOD(first_ts, {t.resolution_ms}) AS ts, cnt, total, vmin, vmax, vlast, last_ts, sk,
+  CAST(NULL AS STRING) AS mtype, CAST(NULL AS STRING) AS pid, CAST(NULL AS BIGINT) AS seq
 FROM agg_{t.name}"""
         for t in tiers
     ]
     for kind, view in (("late", "late_points"), ("dup", "dups"), ("rejected", "rejected")):
         parts.append(f"""SELECT '{kind}' AS kind, '{first.name}' AS tier, tenant, sid, `ts`,
-  `count` AS cnt, `sum` AS total, `min` AS vmin, `max` AS vmax, `last` AS vlast, `ts` AS last_ts, sk
+  `count` AS cnt, `sum` AS total, `min` AS vmin, `max` AS vmax, `last` AS vlast, `ts` AS last_ts, sk,
+  `type` AS mtype, pid, seq
 FROM {view}""")
     out.append(("buckets", "\nUNION ALL\n".join(parts)))
     return out
-
-
-def late_insert(sink_table: str = "late_sink") -> str:
-    """INSERT of the beyond-grace points into the late topic."""
-    return f"INSERT INTO {sink_table} SELECT {_point_fields()} FROM late_points"
 
 
 JOB_SETTINGS = {

@@ -69,7 +69,10 @@ class TallyConfig:
     flink_task_slots: int = 2
     # Streaming job settings (jobs/aggregate.py).
     grace_seconds: int = 5
-    source_idle_timeout_seconds: int = 5
+    # A partition without records for this long stops holding event time back (0 = never).
+    # Producers tick every partition, so idleness means they are gone; a partition that
+    # comes back with a backlog older than the watermark would have late points.
+    source_idle_timeout_seconds: int = 30
     consumer_group: str = "tally-aggregate"
     job_parallelism: int = 1
     salt_buckets: int = 4  # phase-1 shards per series (hot-key spreading)

@@ -40,8 +40,12 @@ def send_traffic(cfg: TallyConfig, seconds: float, rate_per_s: float, rng: rando
     expected: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0])
     started = time.time()
     sent = 0
+    last_tick_s = 0.0
     while time.time() - started < seconds:
         now_ms = int(time.time() * 1000)
+        if time.time() - last_tick_s >= 1.0:  # keep every partition's event time moving
+            producer.tick(now_ms)
+            last_tick_s = time.time()
         for _ in range(max(1, int(rate_per_s / 10))):
             series, mtype = rng.choices(all_series, weights)[0]
             value = float(rng.randint(1, 5)) if mtype == "c" else round(rng.lognormvariate(3, 0.6), 3)
@@ -57,12 +61,11 @@ def send_traffic(cfg: TallyConfig, seconds: float, rate_per_s: float, rng: rando
 
 
 def close_windows(cfg: TallyConfig, producer: PointProducer, last_bucket_ms: int) -> None:
-    """Send heartbeat points until event time passes the last demo window plus grace."""
-    heartbeat = series_id("demo", "tally.demo.heartbeat", {})
+    """Send watermark ticks until event time passes the last demo window plus grace."""
     close_at_ms = last_bucket_ms + TIER.resolution_ms + cfg.grace_seconds * 1000 + 1000
     while True:
         now_ms = int(time.time() * 1000)
-        producer.emit(heartbeat, "g", now_ms, 1.0)
+        producer.tick(now_ms)
         producer.flush()
         if now_ms > close_at_ms:
             return

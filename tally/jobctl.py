@@ -83,8 +83,11 @@ def submit(cfg: TallyConfig, name: str = "aggregate", job_args: list[str] | None
     job_id = match.group(1)
     deadline = time.monotonic() + wait_running_s
     while time.monotonic() < deadline:
-        state = _rest(cfg, f"/jobs/{job_id}").get("state")
-        if state == "RUNNING":
+        job = _rest(cfg, f"/jobs/{job_id}")
+        state = job.get("state")
+        # Every task RUNNING (operators opened, Python workers up), not just the job: points
+        # sent before would pile up into a backlog while the job warms up.
+        if state == "RUNNING" and all(v.get("status") == "RUNNING" for v in job.get("vertices", [])):
             return job_id
         if state in ("FAILED", "CANCELED", "FINISHED"):
             raise StackError(f"job {job_id} ended as {state}; see `tally stack logs flink`")

@@ -45,6 +45,17 @@ def from_value(series: SeriesId, metric_type: str, ts_ms: int, value: float, pid
     }
 
 
+TICK_TYPE = "w"
+
+
+def tick(ts_ms: int, pid: str) -> dict[str, Any]:
+    """A watermark tick: tells the job that this producer has sent everything before ts_ms
+    on the partition it is written to.  Producers send one to every partition so a quiet
+    partition never holds event time back; ticks are never aggregated or deduplicated."""
+    return {"v": SCHEMA_VERSION, "tenant": "_tally", "sid": 0, "type": TICK_TYPE, "ts": int(ts_ms),
+            "count": 0.0, "sum": 0.0, "min": 0.0, "max": 0.0, "last": 0.0, "sk": None, "pid": pid, "seq": 0}
+
+
 def series_record(series: SeriesId) -> dict[str, Any]:
     """The registration record naming a series (schemas/series.json)."""
     return {"v": SCHEMA_VERSION, "tenant": series.tenant, "sid": series.id, "name": series.name,
@@ -94,6 +105,8 @@ def validate(point: Any) -> dict[str, Any]:
     _check_fields(point, point_schema(), "point")
     if point["min"] > point["max"]:
         raise PointError(f"min {point['min']} > max {point['max']}")
+    if point["type"] == TICK_TYPE:
+        return point
     if point["count"] <= 0:
         raise PointError(f"count must be > 0, got {point['count']}")
     if point["type"] in SKETCH_TYPES:

@@ -101,6 +101,13 @@ class PointProducer:
             points.validate(dict(point))
         self._producer.send(self.points_topic, key=series_key_bytes(point["sid"]), value=points.encode(point))
 
+    def tick(self, ts_ms: int) -> None:
+        """Send a watermark tick at ts_ms to every partition of the points topic: all points
+        before ts_ms from this producer are sent (callers keep that promise)."""
+        record = points.encode(points.tick(ts_ms, self.producer_id))
+        for partition in sorted(self._producer.partitions_for(self.points_topic)):
+            self._producer.send(self.points_topic, value=record, partition=partition)
+
     def send_all(self, batch: Iterable[Mapping[str, Any]]) -> int:
         """Queue many points and wait until the broker acknowledged all of them."""
         n = 0

@@ -81,6 +81,8 @@ class Sketch:
         self._alpha = float(alpha)
         self._gamma = (1.0 + self._alpha) / (1.0 - self._alpha)
         self._ln_gamma = math.log(self._gamma)
+        if self._ln_gamma == 0.0:  # alpha ~1e-16: gamma rounds to 1, keys would divide by 0
+            raise ValueError(f"alpha {alpha!r} is too small: gamma rounds to 1")
         self._max_buckets = max_buckets
         self._zero = 0.0
         # Sparse stores key -> weight; a key is never present with weight 0, so dict
@@ -338,7 +340,10 @@ class Sketch:
         max_buckets = reader.uvarint("max_buckets")
         if max_buckets < 1:
             raise SketchDecodeError("max_buckets must be positive")
-        sketch = cls(alpha, max_buckets)
+        try:
+            sketch = cls(alpha, max_buckets)
+        except ValueError as exc:
+            raise SketchDecodeError(str(exc)) from None
         read_count = reader.float64 if flags & _FLAG_FLOAT_COUNTS else reader.uvarint
         min_key = math.ceil(math.log(MIN_INDEXABLE) / sketch._ln_gamma)
         max_key = math.ceil(math.log(MAX_INDEXABLE) / sketch._ln_gamma)

@@ -29,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from tally.config import REPO_ROOT
 
 __all__ = [
@@ -114,11 +116,24 @@ def register_udfs(t_env, jar: Path | None = None) -> None:
     """
     jar_url = (jar or udf_jar_path()).resolve().as_uri()
     config = t_env.get_config()
-    jars = [url for url in config.get(_PIPELINE_JARS, "").split(";") if url]
-    if jar_url not in jars:
-        config.set(_PIPELINE_JARS, ";".join([*jars, jar_url]))
+    jars = _parse_list(config.get(_PIPELINE_JARS, ""))
+    # Set even when listed already (e.g. by env.add_jars): PyFlink's set() is what puts the
+    # jar on the client's class loader, which create_java_temporary_system_function needs.
+    config.set(_PIPELINE_JARS, ";".join(jars if jar_url in jars else [*jars, jar_url]))
     for name, class_name in FUNCTIONS.items():
         t_env.create_java_temporary_system_function(name, class_name)
+
+
+def _parse_list(raw: str | None) -> list[str]:
+    """A list option as Flink 2 reads it: a YAML list (``env.add_jars`` writes those) or
+    the legacy ``a;b`` form.  Same rule as PyFlink's ``Configuration.parse_list_value``."""
+    if not raw:
+        return []
+    if raw.lstrip().startswith("["):
+        value = yaml.safe_load(raw)
+        if isinstance(value, list):
+            return [str(item) for item in value if item]
+    return [item for item in raw.split(";") if item]
 
 
 def _is_fresh(jar: Path, module_dir: Path) -> bool:

@@ -32,13 +32,16 @@ FIRST_REGION_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
 
 
 class Regions:
+    """Hands out whole UTC days of event time, in increasing order.  A test sends points
+    from ``start + 1 h`` and moves the watermark no further than ``end - 1 h``."""
+
     def __init__(self):
         self.next_ms = FIRST_REGION_MS
 
     def take(self, days: int) -> int:
         start = self.next_ms
         self.next_ms += days * DAY_MS
-        return start
+        return start + 3_600_000
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +61,11 @@ def send(cfg, events, producer=None, close=True):
 
 
 def tick(cfg, ts_ms):
-    """A point of a separate series at ts_ms: moves the watermark to ts_ms - grace."""
-    send(cfg, [(series_id("it", "tick"), "g", ts_ms, 0.0)])
+    """Watermark ticks at ts_ms on every partition: event time moves to ts_ms - grace."""
+    producer = PointProducer(cfg)
+    producer.tick(ts_ms)
+    producer.flush()
+    producer.close()
 
 
 def assert_buckets_equal_truth(cfg, tenant, series, events, tiers=None, timeout_s=240):
@@ -69,7 +75,10 @@ def assert_buckets_equal_truth(cfg, tenant, series, events, tiers=None, timeout_
     sids = [s.id for s in series]
     rows = wait_for(lambda: (lambda r: r if len(r) >= len(truth) else None)(
         read_buckets(cfg, tenant, sids, truth)), timeout_s=timeout_s)
-    assert rows, f"only {len(read_buckets(cfg, tenant, sids, truth))} of {len(truth)} buckets appeared"
+    if not rows:
+        present = read_buckets(cfg, tenant, sids, truth)
+        missing = sorted(set(truth) - set(present))
+        raise AssertionError(f"only {len(present)} of {len(truth)} buckets appeared; missing e.g. {missing[:5]}")
     assert set(rows) == set(truth)
     checked = 0
     for key, t in truth.items():
@@ -88,7 +97,7 @@ def assert_buckets_equal_truth(cfg, tenant, series, events, tiers=None, timeout_
 
 def test_every_tier_equals_ground_truth(pipeline, regions):
     cfg, _ = pipeline
-    base = regions.take(3)
+    base = regions.take(4)
     rng = random.Random(3)
     latency = series_id("t-tiers", "http.latency_ms", {"host": "a"})
     requests = series_id("t-tiers", "http.requests", {"host": "a"})
@@ -103,7 +112,8 @@ def test_every_tier_equals_ground_truth(pipeline, regions):
         events.append((requests, "c", t0, float(rng.randint(1, 9))))
         events.append((depth, "g", t0, float(rng.randint(0, 100))))
     send(cfg, events)
-    tick(cfg, base + 3 * DAY_MS - 1)  # closes every window up to the end of day 2 + grace
+    # Events end 51 h into the region: the day-2 bucket closes once event time passes its end.
+    tick(cfg, base - 3_600_000 + 3 * DAY_MS + 5_000)
     truth, checked = assert_buckets_equal_truth(cfg, "t-tiers", [latency, requests, depth], events)
     tiers = {k[0] for k in truth}
     assert tiers == {"1s", "10s", "1m", "1h", "1d"}
@@ -141,7 +151,7 @@ def read_late_topic(cfg, tenant, timeout_s=30):
 
 def test_late_data_on_time_within_grace_beyond_grace(pipeline, regions):
     cfg, _ = pipeline
-    t = regions.take(1) + 3_600_000
+    t = regions.take(1)
     s = series_id("t-late", "jobs.done", {})
     producer = PointProducer(cfg)
     # on_time: in order.  within_grace: a point 1.5 s behind the newest (grace is 2 s).
@@ -149,6 +159,7 @@ def test_late_data_on_time_within_grace_beyond_grace(pipeline, regions):
     within_grace = [(s, "c", t + 5_500, 4.0)]
     send(cfg, on_time + within_grace, producer, close=False)
     send(cfg, [(s, "c", t + 10_100, 5.0), (s, "c", t + 20_000, 6.0)], producer, close=False)
+    tick(cfg, t + 20_000)
     # Wait until the bucket at t+10 s has fired (the watermark passed it), then send beyond grace.
     closed = wait_for(lambda: read_buckets(cfg, "t-late", [s.id], {("1s", s.id, t + 10_000)}).get(
         ("1s", s.id, t + 10_000)), timeout_s=120)

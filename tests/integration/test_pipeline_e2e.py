@@ -32,7 +32,7 @@ def test_known_points_give_exact_10s_buckets_and_index(pipeline):
     producer = PointProducer(cfg)
     for s, ts, v in events:
         producer.emit(s, "c", ts, v)
-    producer.emit(series_id("acme", "tick"), "g", base + 60_000, 0.0)  # closes every test window
+    producer.tick(base + 60_000)  # watermark ticks on every partition close every test window
     producer.flush()
     producer.close()
 

@@ -19,7 +19,11 @@ from tally.aggregate import Aggregate
 from tally.sketch import Sketch
 from tally.udf import register_udfs, run_maven, udf_jar_path
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # pyflink.table imports httplib2, which uses deprecated pyparsing names (not our code).
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:httplib2.*"),
+]
 
 WINDOW_MS = 10_000
 Point = tuple[str, int, "float | None", float]  # group, ts (epoch ms), value or NULL, weight
@@ -55,7 +59,7 @@ def _expected(points: list[Point], key) -> dict:
     aggregates: dict = {}
     max_ts: dict = defaultdict(lambda: -1)
     for point in points:
-        group, ts, value, weight = point
+        _, ts, value, weight = point
         k = key(point)
         max_ts[k] = max(max_ts[k], ts)
         if value is None:

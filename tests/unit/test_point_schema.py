@@ -94,7 +94,7 @@ def test_bucket_stream_columns_map_onto_the_bucket_row():
     from tally.aggsql import BUCKET_COLUMNS
 
     assert BUCKET_COLUMNS == ("kind", "tier", "tenant", "sid", "ts", "cnt", "total", "vmin", "vmax", "vlast",
-                              "last_ts", "sk")
+                              "last_ts", "sk", "mtype", "pid", "seq")
     row = BucketRow("t", 5, 10_000, 3.0, 6.0, 1.0, 3.0, 2.0, 10_500, b"\x01\x02")
     assert decode_member(encode_member(row)) == {
         "ts": 10_000, "count": 3.0, "sum": 6.0, "min": 1.0, "max": 3.0, "last": 2.0, "last_ts": 10_500,

@@ -274,3 +274,15 @@ def test_merge_is_associative_under_the_cap(a, b, c):
     assert left == right == capped(c).merge(capped(b)).merge(capped(a))
     assert left == capped(a + b + c)  # collapsing incrementally == collapsing once
     assert left.bucket_count <= 8
+
+
+def test_alpha_so_small_that_gamma_is_one_is_rejected():
+    import struct
+
+    with pytest.raises(ValueError, match="too small"):
+        Sketch(1e-17)
+    # The same alpha inside an encoding is a decode error, not a ZeroDivisionError.
+    data = bytearray(Sketch().to_bytes())
+    data[2:10] = struct.pack("<d", 1e-17)
+    with pytest.raises(SketchDecodeError, match="too small"):
+        Sketch.from_bytes(bytes(data))

@@ -1,6 +1,5 @@
 package dev.tally.udf;
 
-import java.math.BigInteger;
 import java.util.Arrays;
 import java.util.Objects;
 
@@ -54,8 +53,8 @@ public final class DDSketch {
     private long maxKey;
     private long maxBuckets;
     private double zero;
-    private final Store pos = new Store();
-    private final Store neg = new Store();
+    private final SketchStore pos = new SketchStore();
+    private final SketchStore neg = new SketchStore();
 
     /** An empty sketch with alpha 0.01 and at most 2048 buckets per store. */
     public DDSketch() {
@@ -143,7 +142,7 @@ public final class DDSketch {
             zero += count;
             return this;
         }
-        Store store = value > 0 ? pos : neg;
+        SketchStore store = value > 0 ? pos : neg;
         store.add((long) Math.ceil(Math.log(magnitude) / lnGamma), count);
         store.collapse(maxBuckets);
         return this;
@@ -266,7 +265,7 @@ public final class DDSketch {
     /** Encodes exactly like Python's {@code Sketch.to_bytes()} (format version 1). */
     public byte[] toBytes() {
         boolean floatCounts = !(isExactInteger(zero) && pos.allExactIntegers() && neg.allExactIntegers());
-        Writer out = new Writer(24 + (floatCounts ? 9 : 3) * (pos.size + neg.size));
+        SketchWriter out = new SketchWriter(24 + (floatCounts ? 9 : 3) * (pos.size + neg.size));
         out.u8(FORMAT_VERSION);
         out.u8(floatCounts ? FLAG_FLOAT_COUNTS : 0);
         out.f64(alpha);
@@ -277,11 +276,11 @@ public final class DDSketch {
         return out.toByteArray();
     }
 
-    private static boolean isExactInteger(double w) {
+    static boolean isExactInteger(double w) {
         return w == Math.floor(w) && w <= MAX_EXACT_INT;
     }
 
-    private static void writeStore(Writer out, Store store, boolean floatCounts) {
+    private static void writeStore(SketchWriter out, SketchStore store, boolean floatCounts) {
         long[] keys = store.keys;
         int n = store.size;
         int runs = 0;
@@ -337,7 +336,7 @@ public final class DDSketch {
      */
     void readFrom(byte[] data) {
         Objects.requireNonNull(data, "data");
-        Reader in = new Reader(data);
+        SketchReader in = new SketchReader(data);
         int version = in.u8("version");
         if (version != FORMAT_VERSION) {
             throw new SketchDecodeException("unsupported sketch format version " + version);
@@ -370,7 +369,7 @@ public final class DDSketch {
         }
     }
 
-    private void readStore(Reader in, Store store, String name, boolean floatCounts) {
+    private void readStore(SketchReader in, SketchStore store, String name, boolean floatCounts) {
         long runs = in.uvarint(name + " run count");
         if (runs < 0 || runs > in.data.length) { // each run takes >= 3 bytes: Python runs out
             throw in.truncated(name + " runs");
@@ -475,249 +474,5 @@ public final class DDSketch {
             }
         }
         return hi;
-    }
-
-    // -- internals ---------------------------------------------------------------------------
-
-    /**
-     * Sparse store: ascending keys and their weights in parallel arrays. A key is never
-     * present with weight 0 (as in Python's dicts), so the arrays are canonical. Adds of an
-     * existing key are a binary search; stores hold at most maxBuckets (2048) keys.
-     */
-    private static final class Store {
-        long[] keys = new long[4];
-        double[] weights = new double[4];
-        int size;
-
-        void add(long key, double weight) {
-            int i = size > 0 && keys[size - 1] == key ? size - 1 : Arrays.binarySearch(keys, 0, size, key);
-            if (i >= 0) {
-                weights[i] += weight; // Python: store.get(key, 0.0) + count
-                return;
-            }
-            i = -i - 1;
-            ensureCapacity(size + 1);
-            System.arraycopy(keys, i, keys, i + 1, size - i);
-            System.arraycopy(weights, i, weights, i + 1, size - i);
-            keys[i] = key;
-            weights[i] = weight;
-            size++;
-        }
-
-        /** Appends a key larger than every key present (decoding). */
-        void append(long key, double weight) {
-            ensureCapacity(size + 1);
-            keys[size] = key;
-            weights[size++] = weight;
-        }
-
-        void mergeFrom(Store other) {
-            if (other.size <= 8) {
-                for (int j = 0; j < other.size; j++) {
-                    add(other.keys[j], other.weights[j]);
-                }
-                return;
-            }
-            int n = size + other.size;
-            long[] k = new long[n];
-            double[] w = new double[n];
-            int i = 0;
-            int j = 0;
-            int m = 0;
-            while (i < size && j < other.size) {
-                if (keys[i] < other.keys[j]) {
-                    k[m] = keys[i];
-                    w[m++] = weights[i++];
-                } else if (keys[i] > other.keys[j]) {
-                    k[m] = other.keys[j];
-                    w[m++] = other.weights[j++];
-                } else {
-                    k[m] = keys[i];
-                    w[m++] = weights[i++] + other.weights[j++];
-                }
-            }
-            while (i < size) {
-                k[m] = keys[i];
-                w[m++] = weights[i++];
-            }
-            while (j < other.size) {
-                k[m] = other.keys[j];
-                w[m++] = other.weights[j++];
-            }
-            keys = k;
-            weights = w;
-            size = m;
-        }
-
-        /** Folds the lowest keys into the lowest kept key, in ascending order as Python does. */
-        void collapse(long maxBuckets) {
-            if (size <= maxBuckets) {
-                return;
-            }
-            int excess = (int) (size - maxBuckets);
-            double target = weights[excess];
-            for (int i = 0; i < excess; i++) {
-                target += weights[i];
-            }
-            weights[excess] = target;
-            size -= excess;
-            System.arraycopy(keys, excess, keys, 0, size);
-            System.arraycopy(weights, excess, weights, 0, size);
-        }
-
-        void copyFrom(Store other) {
-            keys = Arrays.copyOf(other.keys, Math.max(other.size, 4));
-            weights = Arrays.copyOf(other.weights, Math.max(other.size, 4));
-            size = other.size;
-        }
-
-        boolean allExactIntegers() {
-            for (int i = 0; i < size; i++) {
-                if (!isExactInteger(weights[i])) {
-                    return false;
-                }
-            }
-            return true;
-        }
-
-        double fsum() {
-            return DDSketch.fsum(weights, size);
-        }
-
-        boolean sameAs(Store other) {
-            return Arrays.equals(keys, 0, size, other.keys, 0, other.size)
-                    && Arrays.equals(weights, 0, size, other.weights, 0, other.size);
-        }
-
-        private void ensureCapacity(int n) {
-            if (n > keys.length) {
-                int capacity = Math.max(n, 2 * keys.length);
-                keys = Arrays.copyOf(keys, capacity);
-                weights = Arrays.copyOf(weights, capacity);
-            }
-        }
-    }
-
-    /** Growable little-endian byte buffer with LEB128 varints. */
-    private static final class Writer {
-        private byte[] buf;
-        private int len;
-
-        Writer(int capacity) {
-            buf = new byte[capacity];
-        }
-
-        void u8(int b) {
-            if (len == buf.length) {
-                buf = Arrays.copyOf(buf, 2 * buf.length);
-            }
-            buf[len++] = (byte) b;
-        }
-
-        void f64(double value) {
-            long bits = Double.doubleToRawLongBits(value);
-            for (int i = 0; i < 8; i++) {
-                u8((int) (bits >>> (8 * i)) & 0xFF);
-            }
-        }
-
-        void uvarint(long n) { // n >= 0
-            while (n >= 0x80) {
-                u8((int) (n & 0x7F) | 0x80);
-                n >>>= 7;
-            }
-            u8((int) n);
-        }
-
-        void count(double weight, boolean floatCounts) {
-            if (floatCounts) {
-                f64(weight);
-            } else {
-                uvarint((long) weight);
-            }
-        }
-
-        byte[] toByteArray() {
-            return Arrays.copyOf(buf, len);
-        }
-    }
-
-    /** Bounds-checked cursor: every read failure becomes a SketchDecodeException. */
-    private static final class Reader {
-        /** What {@link #uvarint} returns for values of 2^63 and more (at most 2^70 - 1). */
-        static final long HUGE = -1;
-
-        final byte[] data;
-        int pos;
-
-        Reader(byte[] data) {
-            this.data = data;
-        }
-
-        SketchDecodeException truncated(String what) {
-            return new SketchDecodeException(
-                    "truncated input: " + what + " at offset " + pos + " of " + data.length);
-        }
-
-        int u8(String what) {
-            if (pos >= data.length) {
-                throw truncated(what);
-            }
-            return data[pos++] & 0xFF;
-        }
-
-        double f64(String what) {
-            if (pos + 8 > data.length) {
-                throw truncated(what);
-            }
-            long bits = 0;
-            for (int i = 7; i >= 0; i--) {
-                bits = (bits << 8) | (data[pos + i] & 0xFF);
-            }
-            pos += 8;
-            return Double.longBitsToDouble(bits);
-        }
-
-        /** An LEB128 uvarint of at most 10 bytes, as Python reads it; HUGE for >= 2^63. */
-        long uvarint(String what) {
-            long result = 0;
-            for (int shift = 0; shift < 63; shift += 7) {
-                int b = u8(what);
-                result |= (long) (b & 0x7F) << shift;
-                if ((b & 0x80) == 0) {
-                    return result;
-                }
-            }
-            int b = u8(what); // the 10th byte carries bits 63..69
-            if ((b & 0x80) != 0) {
-                throw new SketchDecodeException("varint too long: " + what + " at offset " + pos);
-            }
-            return (b & 0x7F) == 0 ? result : HUGE;
-        }
-
-        /** A count (float64 or uvarint), rejected unless finite and >= 0, as Python does. */
-        double weight(boolean floatCounts, String what) {
-            double weight;
-            if (floatCounts) {
-                weight = f64(what);
-            } else {
-                int start = pos;
-                long n = uvarint(what);
-                weight = n >= 0 ? (double) n : hugeVarint(start);
-            }
-            if (!(weight >= 0.0 && weight < Double.POSITIVE_INFINITY)) {
-                throw new SketchDecodeException("invalid count " + weight + " before offset " + pos);
-            }
-            return weight;
-        }
-
-        /** The exact value of the 10-byte varint at {@code start}, correctly rounded like float(int). */
-        private double hugeVarint(int start) {
-            BigInteger value = BigInteger.ZERO;
-            for (int i = 0; i < 10; i++) {
-                value = value.or(BigInteger.valueOf(data[start + i] & 0x7F).shiftLeft(7 * i));
-            }
-            return value.doubleValue();
-        }
     }
 }
