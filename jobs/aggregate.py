@@ -6,8 +6,8 @@ DDSketch (timers, histograms, distributions).  Each bucket's full value is upser
 Cassandra ``buckets_<tier>`` and written through to Redis (schemas/).
 
 Steps (SQL in tally/aggsql.py, all per-point work in Java operators):
-replays dropped by idempotency id (producer id + sequence, per Kafka partition) →
-late points split off → phase 1: 1 s windows keyed by (series, salt) so a hot series is
+every record classified once (rejected, watermark tick, replay by idempotency id =
+producer id + sequence per Kafka partition, late, ok) and materialized → phase 1: 1 s windows keyed by (series, salt) so a hot series is
 spread over all subtasks → phase 2: 1 s windows keyed by series → rollup cascade 1 s →
 10 s → 1 m → 1 h → 1 d, each tier merged from the tier below → one async Python sink.
 
@@ -106,11 +106,30 @@ def build(env, source: Source, sink: Sink, cfg: TallyConfig):
     for name, class_name in FUNCTIONS.items():
         t_env.create_java_temporary_system_function(name, class_name)
     points = source(t_env, cfg)
-    for name, query in aggsql.views(points, salt_buckets=cfg.salt_buckets):
+    for name, query in aggsql.classify_views(points):
+        t_env.create_temporary_view(name, t_env.sql_query(query))
+    # Materialize stage 1 (Java rows, no Python): one computation of each record's status,
+    # whatever stage 2 does with it.  Event time and watermarks ride along on the stream.
+    # Stage 1 has no window, so mini-batch would run on processing time, and its assigner
+    # replaces event-time watermarks with processing-time ones: off while it is planned.
+    conf.set("table.exec.mini-batch.enabled", "false")
+    classified = t_env.to_data_stream(t_env.from_path("classified"))
+    conf.set("table.exec.mini-batch.enabled", aggsql.JOB_SETTINGS["table.exec.mini-batch.enabled"])
+    t_env.create_temporary_view("classified_points", t_env.from_data_stream(classified, _EVENT_TIME_SCHEMA()))
+    for name, query in aggsql.bucket_views("classified_points", salt_buckets=cfg.salt_buckets):
         t_env.create_temporary_view(name, t_env.sql_query(query))
     buckets = t_env.to_data_stream(t_env.from_path("buckets"))
     sink(t_env, buckets, cfg)
     return buckets
+
+
+def _EVENT_TIME_SCHEMA():
+    """The rowtime of a materialized stream as column ``rt``, with the stream's watermarks."""
+    from pyflink.table import DataTypes, Schema
+
+    return (Schema.new_builder()
+            .column_by_metadata("rt", DataTypes.TIMESTAMP_LTZ(3), "rowtime")
+            .watermark("rt", "SOURCE_WATERMARK()").build())
 
 
 def parse_config(argv: list[str]) -> TallyConfig:

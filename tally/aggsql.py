@@ -3,15 +3,19 @@
 Every per-point step runs in Java operators; Python only sees finished buckets.  Views,
 in pipeline order:
 
+Stage 1 (computed once, then materialized):
+
 ``points``      source table (Kafka, or a test's collection) with event time ``rt``
-``valid``       points (not watermark ticks) whose required fields all parsed (the JSON format turns a field of
-                the wrong type into NULL); the others are ``rejected`` and counted
-``fresh``       replays dropped: a point is a replay when its ``seq`` is not above the
-                highest ``seq`` seen before from the same producer on the same Kafka
-                partition (state: one number per producer and partition)
-``dups``        the dropped replays (counted)
-``marked``      ``late`` = its 1 s bucket has already fired (watermark passed its end)
-``late_points`` beyond grace: to the late topic and the late counters
+``classified``  every record with a status: ``rejected`` (a required field did not parse:
+                the JSON format turns a field of the wrong type into NULL), ``tick`` (a
+                watermark tick: moves event time, never aggregated), ``dup`` (a replay:
+                its ``seq`` is not above the highest seen before from the same producer
+                on the same Kafka partition; state is one number per producer and
+                partition), ``late`` (beyond grace: its 1 s bucket already fired) or ``ok``
+
+Stage 2:
+
+``on_time``     the ``ok`` points
 ``phase1``      1 s windows keyed by (tenant, sid, salt): a hot series is spread over
                 ``salt_buckets`` keys and so over all subtasks
 ``agg_1s``      1 s windows keyed by (tenant, sid): merge of the phase-1 partials
@@ -91,34 +95,46 @@ def _point_fields() -> str:
     return ", ".join(f"`{name}`" for name, _ in point_sql_columns())
 
 
-def views(source: str, tiers: Sequence[Tier] = DEFAULT_TIERS, salt_buckets: int = 4) -> list[tuple[str, str]]:
-    """(view name, query) pairs, in dependency order, from the source table to ``buckets``."""
-    first = tiers[0]
-    first_ms = first.resolution_ms
+def classify_views(source: str, tiers: Sequence[Tier] = DEFAULT_TIERS) -> list[tuple[str, str]]:
+    """Stage 1: (view, query) pairs from the source table to ``classified``, where every
+    record gets one ``status``: ok, late, dup, rejected or tick.
+
+    Stage 1 is computed once and materialized (jobs/aggregate.py turns it into a stream
+    and back): its status depends on the current watermark, and a plan that computed it
+    in two branches could judge one record late in one and on time in the other.
+    """
+    first_ms = tiers[0].resolution_ms
     required = [n for n, _ in point_sql_columns() if n not in ("sk", "v")]
     complete = " AND ".join(f"`{n}` IS NOT NULL" for n in required)
-    out: list[tuple[str, str]] = [
-        # Watermark ticks (type 'w') only move event time at the source; never aggregated.
-        ("valid", f"SELECT * FROM {source} WHERE {complete} AND `type` <> 'w'"),
-        ("rejected", f"SELECT {_point_fields()} FROM {source} WHERE NOT ({complete})"),
-        ("seq_max", """
-SELECT *, MAX(seq) OVER (PARTITION BY pid, part ORDER BY pt
-                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS seq_max_incl
-FROM valid"""),
-        ("seq_prev", """
-SELECT *, LAG(seq_max_incl) OVER (PARTITION BY pid, part ORDER BY pt) AS seq_max_before
-FROM seq_max"""),
-        ("fresh", f"SELECT {_point_fields()}, rt FROM seq_prev WHERE seq_max_before IS NULL OR seq > seq_max_before"),
-        ("dups", f"SELECT {_point_fields()} FROM seq_prev WHERE seq_max_before IS NOT NULL AND seq <= seq_max_before"),
+    return [
+        # max_before (a Java UDAF) over a ROWS frame: no buffering, one row in, one row out.
+        ("seq_prev", f"""
+SELECT *, max_before(seq) OVER (PARTITION BY pid, part ORDER BY pt
+                                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS seq_max_before
+FROM {source}"""),
         # A window [s, e) fires once the watermark reaches e - 1; a point whose first-tier
-        # window has fired would be dropped by the window operator, so it is routed here.
-        ("marked", f"""
-SELECT *, COALESCE(
-  TO_TIMESTAMP_LTZ(`ts` - MOD(`ts`, {first_ms}) + {first_ms - 1}, 3) <= CURRENT_WATERMARK(rt),
-  FALSE) AS late
-FROM fresh"""),
-        ("late_points", f"SELECT {_point_fields()} FROM marked WHERE late"),
-        ("on_time", f"SELECT {_point_fields()}, rt FROM marked WHERE NOT late"),
+        # window has fired would be dropped by the window operator, so it is late.
+        ("classified", f"""
+SELECT {_point_fields()}, rt AS event_time,
+  CASE
+    WHEN NOT ({complete}) THEN 'rejected'
+    WHEN `type` = 'w' THEN 'tick'
+    WHEN seq_max_before IS NOT NULL AND seq <= seq_max_before THEN 'dup'
+    WHEN COALESCE(TO_TIMESTAMP_LTZ(`ts` - MOD(`ts`, {first_ms}) + {first_ms - 1}, 3)
+                  <= CURRENT_WATERMARK(rt), FALSE) THEN 'late'
+    ELSE 'ok'
+  END AS status
+FROM seq_prev"""),
+    ]
+
+
+def bucket_views(classified: str, tiers: Sequence[Tier] = DEFAULT_TIERS,
+                 salt_buckets: int = 4) -> list[tuple[str, str]]:
+    """Stage 2: (view, query) pairs from the materialized classified table (event time
+    ``rt``) to ``buckets``."""
+    first = tiers[0]
+    out: list[tuple[str, str]] = [
+        ("on_time", f"SELECT {_point_fields()}, rt FROM {classified} WHERE status = 'ok'"),
         ("phase1", f"""
 SELECT tenant, sid, window_time AS rt,
   SUM(`count`) AS cnt, SUM(`sum`) AS total, MIN(`min`) AS vmin, MAX(`max`) AS vmax,
@@ -144,11 +160,10 @@ GROUP BY tenant, sid, window_start, window_end, window_time"""))
 FROM agg_{t.name}"""
         for t in tiers
     ]
-    for kind, view in (("late", "late_points"), ("dup", "dups"), ("rejected", "rejected")):
-        parts.append(f"""SELECT '{kind}' AS kind, '{first.name}' AS tier, tenant, sid, `ts`,
+    parts.append(f"""SELECT status AS kind, '{first.name}' AS tier, tenant, sid, `ts`,
   `count` AS cnt, `sum` AS total, `min` AS vmin, `max` AS vmax, `last` AS vlast, `ts` AS last_ts, sk,
   `type` AS mtype, pid, seq
-FROM {view}""")
+FROM {classified} WHERE status IN ('late', 'dup', 'rejected')""")
     out.append(("buckets", "\nUNION ALL\n".join(parts)))
     return out
 

@@ -47,6 +47,7 @@ JAR_NAME = "tally-udf.jar"  # <finalName> in jobs/udf/pom.xml
 
 # SQL name -> Java class; registered as temporary system functions (no catalog needed).
 FUNCTIONS: dict[str, str] = {
+    "max_before": "dev.tally.udf.MaxBefore",
     "sketch_agg": "dev.tally.udf.SketchAgg",
     "sketch_of": "dev.tally.udf.SketchOf",
     "sketch_quantile": "dev.tally.udf.SketchQuantile",

@@ -1,25 +1,40 @@
 """The job's SQL text: every tier, the salted phase 1, dedup and late routing are wired."""
 
+import re
+
 from tally import aggsql
 from tally.config import TallyConfig
 from tally.tiers import DEFAULT_TIERS
 
 
+def _all_views(salt_buckets=4):
+    return aggsql.classify_views("points") + aggsql.bucket_views("classified_points", salt_buckets=salt_buckets)
+
+
 def test_views_cover_every_stage_and_tier_in_order():
-    names = [name for name, _ in aggsql.views("points", salt_buckets=8)]
-    assert names[:3] == ["valid", "rejected", "seq_max"]
+    names = [name for name, _ in _all_views(8)]
+    assert names[:2] == ["seq_prev", "classified"]
     tier_views = [f"agg_{t.name}" for t in DEFAULT_TIERS]
     assert [n for n in names if n.startswith("agg_")] == tier_views
     assert names[-1] == "buckets"
     # Each view only reads views defined before it.
-    queries = dict(aggsql.views("points"))
+    queries = dict(_all_views())
     for i, name in enumerate(names):
         for later in names[i + 1:]:
             assert f" {later}\n" not in queries[name] + "\n" and f"TABLE {later})" not in queries[name]
 
 
+def test_every_record_gets_exactly_one_status():
+    classified = dict(aggsql.classify_views("points"))["classified"]
+    for status in ("'rejected'", "'tick'", "'dup'", "'late'", "'ok'"):
+        assert status in classified
+    assert "CASE" in classified and classified.count("CURRENT_WATERMARK") == 1
+    on_time = dict(aggsql.bucket_views("classified_points"))["on_time"]
+    assert "status = 'ok'" in on_time
+
+
 def test_phase1_is_salted_and_phase2_and_rollups_are_not():
-    queries = dict(aggsql.views("points", salt_buckets=8))
+    queries = dict(_all_views(8))
     assert "GROUP BY tenant, sid, MOD(seq, 8)" in queries["phase1"]
     assert "TABLE on_time" in queries["phase1"]
     assert "TABLE phase1" in queries["agg_1s"] and "MOD(" not in queries["agg_1s"]
@@ -31,17 +46,18 @@ def test_phase1_is_salted_and_phase2_and_rollups_are_not():
 
 
 def test_late_rule_matches_window_firing():
-    marked = dict(aggsql.views("points"))["marked"]
+    marked = dict(aggsql.classify_views("points"))["classified"]
     # A 1 s window [s, s+1000) fires when the watermark reaches s + 999.
     assert "`ts` - MOD(`ts`, 1000) + 999" in marked and "CURRENT_WATERMARK(rt)" in marked
 
 
 def test_every_union_branch_has_the_bucket_columns():
-    buckets = dict(aggsql.views("points"))["buckets"]
+    buckets = dict(aggsql.bucket_views("classified_points"))["buckets"]
     branches = buckets.split("UNION ALL")
-    assert len(branches) == len(DEFAULT_TIERS) + 3  # tiers + late + dup + rejected
-    for kind in ("'bucket'", "'late'", "'dup'", "'rejected'"):
-        assert kind in buckets
+    assert len(branches) == len(DEFAULT_TIERS) + 1  # tiers + the late/dup/rejected records
+    assert "status IN ('late', 'dup', 'rejected')" in branches[-1]
+    for branch in branches:
+        assert branch.count(" AS kind") == 1 and re.search(r"\bseq\n", branch)
 
 
 def test_kafka_ddl_uses_config_not_literals():
