@@ -14,14 +14,14 @@ from tally.config import TallyConfig
 from tally.schema import redis_layout
 
 
-def bucket_key(tier: str, tenant: str, sid: int) -> str:
+def bucket_key(keyspace: str, tier: str, tenant: str, sid: int) -> str:
     """The sorted set holding a series' recent buckets of one tier."""
-    return redis_layout()["keys"]["bucket"]["pattern"].format(tier=tier, tenant=tenant, sid=sid)
+    return redis_layout()["keys"]["bucket"]["pattern"].format(keyspace=keyspace, tier=tier, tenant=tenant, sid=sid)
 
 
-def quality_key(tenant: str) -> str:
+def quality_key(keyspace: str, tenant: str) -> str:
     """The hash of a tenant's data-quality counters."""
-    return redis_layout()["keys"]["quality"]["pattern"].format(tenant=tenant)
+    return redis_layout()["keys"]["quality"]["pattern"].format(keyspace=keyspace, tenant=tenant)
 
 
 def encode_member(row) -> str:
@@ -44,12 +44,13 @@ class RedisBucketCache:
     def __init__(self, cfg: TallyConfig):
         import redis.asyncio as aioredis
 
+        self._keyspace = cfg.keyspace
         self._client = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._window_ms = {tier: seconds * 1000 for tier, seconds in
                            redis_layout()["keys"]["bucket"]["window_seconds"].items()}
 
     async def write(self, tier: str, tenant: str, row) -> None:
-        key = bucket_key(tier, tenant, row.sid)
+        key = bucket_key(self._keyspace, tier, tenant, row.sid)
         window_ms = self._window_ms[tier]
         pipe = self._client.pipeline(transaction=True)
         pipe.zremrangebyscore(key, row.ts, row.ts)
@@ -59,7 +60,19 @@ class RedisBucketCache:
         await pipe.execute()
 
     async def count(self, tenant: str, field: str, amount: float = 1) -> None:
-        await self._client.hincrbyfloat(quality_key(tenant), field, amount)
+        await self._client.hincrbyfloat(quality_key(self._keyspace, tenant), field, amount)
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def delete_keyspace_keys(cfg: TallyConfig) -> int:
+    """Remove every Redis key of the configured keyspace (tests clean up their own)."""
+    import redis
+
+    client = redis.Redis.from_url(cfg.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{cfg.keyspace}:*", count=1000))
+        return client.delete(*keys) if keys else 0
+    finally:
+        client.close()

@@ -43,6 +43,7 @@ def pipeline(stack_cfg):
     Idleness is off: tests move event time with watermark ticks on every partition, so a
     burst after a quiet spell can never outrun a partition marked idle."""
     from sinks.cassandra import drop_keyspace
+    from sinks.redis_cache import delete_keyspace_keys
     from tally import jobctl
     from tally.producer import delete_topic
 
@@ -50,7 +51,7 @@ def pipeline(stack_cfg):
     cfg = dataclasses.replace(
         stack_cfg, points_topic=f"tally.it.{run}.points", series_topic=f"tally.it.{run}.series",
         late_topic=f"tally.it.{run}.late", keyspace=f"tally_it_{run}", consumer_group=f"tally-it-{run}",
-        grace_seconds=2, source_idle_timeout_seconds=0, job_parallelism=2, salt_buckets=16,
+        grace_seconds=2, source_idle_timeout_seconds=0, job_parallelism=2, salt_buckets=64,
         checkpoint_interval_seconds=5,
     )
     job_id = jobctl.submit(stack_cfg, "aggregate", job_flags(cfg))
@@ -61,3 +62,4 @@ def pipeline(stack_cfg):
         for topic in (cfg.points_topic, cfg.series_topic, cfg.late_topic):
             delete_topic(stack_cfg, topic)
         drop_keyspace(cfg)
+        delete_keyspace_keys(cfg)

@@ -17,6 +17,7 @@ import urllib.request
 
 import pytest
 
+from sinks.redis_cache import quality_key
 from tally.producer import PointProducer
 from tally.series import series_id
 from tally.sketch import Sketch
@@ -127,7 +128,7 @@ def late_counter(cfg, tenant):
 
     client = redis.Redis.from_url(cfg.redis_url)
     try:
-        return {k.decode(): float(v) for k, v in client.hgetall(f"tally:dq:{tenant}").items()}
+        return {k.decode(): float(v) for k, v in client.hgetall(quality_key(cfg.keyspace, tenant)).items()}
     finally:
         client.close()
 
@@ -233,12 +234,15 @@ def test_hot_key_is_spread_over_phase1_subtasks(pipeline, regions):
 
 
 def _phase1_vertex(cfg, job_id):
-    """The vertex whose operator groups by (tenant, sid, salt): phase 1 of the 1 s windows."""
-    for v in _rest(cfg, f"/jobs/{job_id}")["vertices"]:
-        if "GlobalWindowAggregate" in v["name"] and "groupBy=[tenant, sid, $f" in v["name"]:
-            return v["id"]
-    names = [v["name"][:120] for v in _rest(cfg, f"/jobs/{job_id}")["vertices"]]
-    raise AssertionError(f"no phase-1 vertex among {names}")
+    """The vertex fed by stage 1 (the classified stream): its first operator is the global
+    part of the 1 s windows keyed by (tenant, sid, salt), i.e. phase 1."""
+    nodes = _rest(cfg, f"/jobs/{job_id}/plan")["plan"]["nodes"]
+    stage1 = next(n["id"] for n in nodes if "OverAggregate" in n["description"])
+    phase1 = [n for n in nodes if any(i["id"] == stage1 for i in n.get("inputs", []))
+              and "GlobalWindowAggregate" in n["description"]]
+    assert len(phase1) == 1, [n["description"][:200] for n in nodes]
+    assert "MOD(seq" in phase1[0]["description"] or "$f" in phase1[0]["description"]
+    return phase1[0]["id"]
 
 
 def _subtask_records_in(cfg, job_id, vertex):

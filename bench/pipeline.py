@@ -1,0 +1,278 @@
+"""Pipeline benchmark: Kafka → aggregation job on the local Flink cluster → Cassandra + Redis.
+
+Prints, with the workload next to the figures:
+- baseline: bare Flink SQL datagen → 1 s TUMBLE (COUNT/SUM/MIN/MAX by key) → blackhole on the
+  same cluster, same parallelism, rows/s;
+- throughput: a backlog of points (>= 10,000 series, Zipf-skewed so a few are hot) is put in
+  Kafka first, then the job drains it; points/s read by the job while draining, and the
+  ratio to the baseline; then the time until every 1 s bucket is in Cassandra;
+- freshness: live traffic at a steady rate with event time = now; for probe buckets, the
+  time from the bucket's end (event time) until it is readable in Redis and in Cassandra,
+  p50 / p99.
+
+Run with the stack up and no other job on the cluster:
+  .venv/bin/python bench/pipeline.py [--series 10000] [--points 1000000] [--live-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sinks.cassandra import drop_keyspace  # noqa: E402
+from sinks.redis_cache import bucket_key, delete_keyspace_keys  # noqa: E402
+from tally import jobctl  # noqa: E402
+from tally.config import TallyConfig  # noqa: E402
+from tally.cql import connect  # noqa: E402
+from tally.producer import PointProducer, delete_topic, series_key_bytes  # noqa: E402
+from tally.series import series_id  # noqa: E402
+from tally.sketch import Sketch  # noqa: E402
+from tally.stack import launcher  # noqa: E402
+from tally.stack.components import Flink  # noqa: E402
+
+
+def rest(cfg, path):
+    with urllib.request.urlopen(f"{cfg.flink_rest_url}{path}", timeout=10) as resp:
+        return json.load(resp)
+
+
+def source_records(cfg, job_id, name_part):
+    """Records written by the source vertex (sum over subtasks)."""
+    for v in rest(cfg, f"/jobs/{job_id}")["vertices"]:
+        if v["name"].startswith("Source") and name_part in v["name"]:
+            return v["metrics"]["write-records"]
+    raise RuntimeError(f"no source vertex matching {name_part!r}")
+
+
+def measure_rate(cfg, job_id, name_part, seconds, until_total=None):
+    """(records/s over the steady part, samples) from the source vertex's counter."""
+    samples = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        samples.append((time.monotonic(), source_records(cfg, job_id, name_part)))
+        if until_total and samples[-1][1] >= until_total:
+            break
+        time.sleep(1.0)
+    # Skip the warm-up: rate between 10 % and 90 % of what was read.
+    total = samples[-1][1]
+    lo = next((s for s in samples if s[1] >= 0.1 * total), samples[0])
+    hi = next((s for s in samples if s[1] >= 0.9 * total), samples[-1])
+    rate = (hi[1] - lo[1]) / (hi[0] - lo[0]) if hi[0] > lo[0] else 0.0
+    return rate, samples
+
+
+def run_baseline(cfg, keys, parallelism, seconds):
+    flink = Flink()
+    script = Path(__file__).resolve().parent / "baseline_job.py"
+    cmd = ["bash", str(flink.flink_home() / "bin" / "flink"), "run", "-d", "-py", str(script),
+           "--keys", str(keys), "--parallelism", str(parallelism)]
+    out = subprocess.run(cmd, env=flink.env(cfg), capture_output=True, text=True, timeout=300)
+    job_id = out.stdout.split("JobID ")[-1].split()[0] if "JobID" in out.stdout else None
+    if not job_id:
+        raise RuntimeError(f"baseline submit failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+    time.sleep(15)  # warm-up
+    rate, _ = measure_rate(cfg, job_id, "gen", seconds)
+    jobctl.cancel(cfg, job_id)
+    return rate
+
+
+class PointFactory:
+    """Pre-encoded point records (fast JSON by string formatting) for a Zipf-skewed series set."""
+
+    def __init__(self, n_series, rng):
+        self.series = [series_id("bench", f"bench.metric{i % 50}", {"host": f"h{i}"}) for i in range(n_series)]
+        weights = [1.0 / (rank + 1) ** 1.1 for rank in range(n_series)]
+        total = sum(weights)
+        self.cum = []
+        acc = 0.0
+        for w in weights:
+            acc += w / total
+            self.cum.append(acc)
+        self.types = ["c" if i % 10 < 7 else ("g" if i % 10 < 9 else "ms") for i in range(n_series)]
+        self.sketches = {v: base64.b64encode(Sketch().add(float(v)).to_bytes()).decode() for v in range(1, 200)}
+        self.rng = rng
+
+    def pick(self):
+        import bisect
+
+        return min(bisect.bisect_left(self.cum, self.rng.random()), len(self.series) - 1)
+
+    def record(self, i, ts, pid, seq):
+        s = self.series[i]
+        t = self.types[i]
+        v = self.rng.randint(1, 199)
+        sk = f'"{self.sketches[v]}"' if t == "ms" else "null"
+        return (f'{{"v":1,"tenant":"bench","sid":{s.id},"type":"{t}","ts":{ts},"count":1.0,"sum":{v}.0,'
+                f'"min":{v}.0,"max":{v}.0,"last":{v}.0,"sk":{sk},"pid":"{pid}","seq":{seq}}}').encode()
+
+
+def fill_backlog(cfg, factory, points, event_seconds):
+    producer = PointProducer(cfg, producer_id=f"bench-{uuid.uuid4().hex[:8]}")
+    for s in factory.series:
+        producer.register(s)
+    start_ms = (int(time.time() * 1000) - 3_600_000) // 1000 * 1000
+    raw = producer._producer  # pre-encoded records: the bench measures the job, not the encoder
+    t0 = time.monotonic()
+    for n in range(points):
+        i = factory.pick()
+        ts = start_ms + (n * event_seconds * 1000) // points
+        raw.send(cfg.points_topic, key=series_key_bytes(factory.series[i].id),
+                 value=factory.record(i, ts, producer.producer_id, producer.next_seq()))
+    producer.tick(start_ms + event_seconds * 1000 + 10_000)
+    producer.flush(timeout_s=300)
+    producer.close()
+    return time.monotonic() - t0, start_ms
+
+
+def vertex_records(cfg, job_id, name_part, metric):
+    """A vertex's record counter (sum over subtasks)."""
+    for v in rest(cfg, f"/jobs/{job_id}")["vertices"]:
+        if name_part in v["name"]:
+            return v["metrics"][metric]
+    raise RuntimeError(f"no vertex matching {name_part!r}")
+
+
+def wait_sink_settled(cfg, job_id, quiet_s=8, timeout_s=900):
+    """Wait until the bucket sink has completed no new write for quiet_s; (time, rows)."""
+    last, last_change = -1, time.monotonic()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = vertex_records(cfg, job_id, "bucket-sink", "write-records")
+        if rows != last:
+            last, last_change = rows, time.monotonic()
+        elif time.monotonic() - last_change >= quiet_s:
+            break
+        time.sleep(1.0)
+    return last_change, last
+
+
+def live_freshness(cfg, factory, rate, seconds):
+    """Send live points (ts = now) and probe the 1 s buckets of one series in Redis and Cassandra."""
+    import redis
+
+    producer = PointProducer(cfg, producer_id=f"live-{uuid.uuid4().hex[:8]}")
+    probe = series_id("bench", "bench.probe", {})
+    producer.register(probe)
+    stop = threading.Event()
+    sent_buckets = []
+
+    def traffic():
+        raw = producer._producer
+        next_tick = 0.0
+        while not stop.is_set():
+            now = time.time()
+            now_ms = int(now * 1000)
+            for _ in range(int(rate / 20)):
+                i = factory.pick()
+                raw.send(cfg.points_topic, key=series_key_bytes(factory.series[i].id),
+                         value=factory.record(i, now_ms, producer.producer_id, producer.next_seq()))
+            if now >= next_tick:
+                producer.emit(probe, "g", now_ms, 1.0)
+                sent_buckets.append(now_ms - now_ms % 1000)
+                producer.tick(now_ms)
+                next_tick = now + 1.0
+            time.sleep(max(0.0, 0.05 - (time.time() - now)))
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    r = redis.Redis.from_url(cfg.redis_url)
+    cluster, session = connect(cfg)
+    stmt = session.prepare(f"SELECT ts FROM {cfg.keyspace}.buckets_1s WHERE tenant = 'bench' AND sid = ? AND part = ? "
+                           "AND ts = ?")
+    redis_fresh, cass_fresh = {}, {}
+    key = bucket_key(cfg.keyspace, "1s", "bench", probe.id)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        now_ms = time.time() * 1000
+        for b in list(sent_buckets[-15:]):
+            if b not in redis_fresh and r.zrangebyscore(key, b, b):
+                redis_fresh[b] = now_ms - (b + 1000)
+            if b not in cass_fresh and session.execute(stmt, (probe.id, b - b % 3_600_000, b)).one():
+                cass_fresh[b] = now_ms - (b + 1000)
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    producer.close()
+    cluster.shutdown()
+    r.close()
+    return list(redis_fresh.values())[3:], list(cass_fresh.values())[3:]  # skip warm-up buckets
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))] if values else float("nan")
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=10_000)
+    parser.add_argument("--points", type=int, default=1_000_000)
+    parser.add_argument("--event-seconds", type=int, default=60, help="event-time span of the backlog")
+    parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument("--baseline-seconds", type=int, default=30)
+    parser.add_argument("--live-seconds", type=int, default=60)
+    parser.add_argument("--live-rate", type=float, default=5_000, help="live points/s for freshness")
+    parser.add_argument("--grace-seconds", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    base_cfg = TallyConfig.from_env()
+    launcher.up(base_cfg, log=lambda *_: None)
+    run = uuid.uuid4().hex[:6]
+    cfg = dataclasses.replace(
+        base_cfg, points_topic=f"bench.{run}.points", series_topic=f"bench.{run}.series",
+        late_topic=f"bench.{run}.late", keyspace=f"bench_{run}", consumer_group=f"bench-{run}",
+        job_parallelism=args.parallelism, grace_seconds=args.grace_seconds, source_idle_timeout_seconds=0,
+    )
+    print(f"workload: {args.series} series (Zipf s=1.1: top series ~{100 / sum(1 / (r + 1) ** 1.1 for r in range(args.series)):.0f} % "
+          f"of points), 70 % counters / 20 % gauges / 10 % timers with sketches; backlog {args.points} points "
+          f"over {args.event_seconds} s of event time; job parallelism {args.parallelism}, grace {args.grace_seconds} s; "
+          f"live {args.live_rate:.0f} points/s for {args.live_seconds} s")
+
+    baseline = run_baseline(base_cfg, args.series, args.parallelism, args.baseline_seconds)
+    print(f"baseline  datagen → TUMBLE 1 s → blackhole ({args.series} keys): {baseline:,.0f} rows/s")
+
+    from tests.integration.conftest import job_flags
+
+    factory = PointFactory(args.series, random.Random(1))
+    try:
+        jobctl.prepare(cfg)
+        fill_s, start_ms = fill_backlog(cfg, factory, args.points, args.event_seconds)
+        print(f"backlog   {args.points:,} points produced in {fill_s:.1f}s ({args.points / fill_s:,.0f}/s, before the job)")
+        t_submit = time.monotonic()
+        job_id = jobctl.submit(base_cfg, "aggregate", job_flags(cfg))
+        rate, samples = measure_rate(cfg, job_id, "points", 900, until_total=args.points + 4)
+        drained_s = samples[-1][0] - t_submit
+        print(f"tally     read at {rate:,.0f} points/s (steady 10–90 %), all read {drained_s:.0f}s after submit; "
+              f"ratio to baseline {rate / baseline:.2f}")
+        first_read = next(t for t, n in samples if n > 0)
+        done_at, rows = wait_sink_settled(cfg, job_id)
+        print(f"tally     Kafka → Cassandra rows: {args.points:,} points became {rows:,} bucket rows (all tiers) in "
+              f"{done_at - first_read:.0f}s from the first read: {args.points / (done_at - first_read):,.0f} points/s "
+              f"end to end, ratio to baseline {args.points / (done_at - first_read) / baseline:.2f}")
+        live_r, live_c = live_freshness(cfg, factory, args.live_rate, args.live_seconds)
+        print(f"freshness 1 s tier, event-time bucket end → readable (live {args.live_rate:.0f} points/s): "
+              f"Redis p50 {pct(live_r, .5) / 1000:.2f}s p99 {pct(live_r, .99) / 1000:.2f}s (n={len(live_r)}); "
+              f"Cassandra p50 {pct(live_c, .5) / 1000:.2f}s p99 {pct(live_c, .99) / 1000:.2f}s (n={len(live_c)})")
+        jobctl.cancel(base_cfg, job_id)
+    finally:
+        for topic in (cfg.points_topic, cfg.series_topic, cfg.late_topic):
+            delete_topic(base_cfg, topic)
+        drop_keyspace(cfg)
+        delete_keyspace_keys(cfg)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
