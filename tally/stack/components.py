@@ -379,9 +379,12 @@ class Flink:
             "state.checkpoints.dir": f"file://{cfg.data_dir / 'flink' / 'checkpoints'}",
             "state.savepoints.dir": f"file://{cfg.data_dir / 'flink' / 'savepoints'}",
             "execution.checkpointing.interval": "10 s",
+            # A killed TaskManager is noticed within seconds, not the default 50 s.
+            "heartbeat.interval": 2000,
+            "heartbeat.timeout": 10000,
             "restart-strategy.type": "fixed-delay",
             "restart-strategy.fixed-delay.attempts": 1000,
-            "restart-strategy.fixed-delay.delay": "5 s",
+            "restart-strategy.fixed-delay.delay": "2 s",
         }
         # Flink 2 reads a flat "key: value" YAML; JSON scalars are valid YAML scalars.
         (conf / "config.yaml").write_text(

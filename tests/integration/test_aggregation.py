@@ -245,6 +245,11 @@ def _phase1_vertex(cfg, job_id):
     return phase1[0]["id"]
 
 
+def _restarts(cfg, job_id):
+    metrics = _rest(cfg, f"/jobs/{job_id}/metrics?get=numRestarts")
+    return int(float(metrics[0]["value"])) if metrics else 0
+
+
 def _subtask_records_in(cfg, job_id, vertex):
     detail = _rest(cfg, f"/jobs/{job_id}/vertices/{vertex}")
     return [s["metrics"]["read-records"] for s in detail["subtasks"]]
@@ -277,6 +282,7 @@ def test_taskmanager_kill_9_recovers_exactly(pipeline, regions, stack_cfg):
     taskmanager = Managed("flink-taskmanager", stack_cfg.run_dir, stack_cfg.log_dir)
     pid = taskmanager.pid()
     assert pid, "the TaskManager was not started by the launcher"
+    restarts_before = _restarts(cfg, job_id)
     sender.start()
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
@@ -284,11 +290,12 @@ def test_taskmanager_kill_9_recovers_exactly(pipeline, regions, stack_cfg):
     launcher.up(stack_cfg, ["flink"])  # the project's own command restarts the TaskManager
     producer.close()
 
-    def running():
-        return _rest(cfg, f"/jobs/{job_id}")["state"] == "RUNNING" and all(
-            v["status"] == "RUNNING" for v in _rest(cfg, f"/jobs/{job_id}")["vertices"])
+    def recovered():  # restarted since the kill, and every task running again
+        job = _rest(cfg, f"/jobs/{job_id}")
+        return (_restarts(cfg, job_id) > restarts_before and job["state"] == "RUNNING"
+                and all(v["status"] == "RUNNING" for v in job["vertices"]))
 
-    assert wait_for(running, timeout_s=180), "job did not recover"
+    assert wait_for(recovered, timeout_s=240, interval_s=0.5), "job did not restart and recover"
     recovered_s = time.monotonic() - killed_at
     tick(cfg, base + 3_600_000 * 2)
     truth, _ = assert_buckets_equal_truth(cfg, "t-kill", [*series, timer], events, tiers={"1s", "10s", "1m", "1h"})
