@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -50,10 +51,16 @@ def rest(cfg, path):
 
 
 def source_records(cfg, job_id, name_part):
-    """Records written by the source vertex (sum over subtasks)."""
+    """Records emitted by the source operator itself (summed over subtasks).  Not the
+    vertex's write-records: operators chained after the source (e.g. a local
+    pre-aggregation) would make that count their output instead."""
     for v in rest(cfg, f"/jobs/{job_id}")["vertices"]:
         if v["name"].startswith("Source") and name_part in v["name"]:
-            return v["metrics"]["write-records"]
+            ids = {m["id"].split(".", 1)[1] for m in rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/metrics")
+                   if m["id"].split(".", 1)[-1].startswith("Source__") and m["id"].endswith(".numRecordsOut")}
+            (metric,) = ids
+            got = rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics?get={urllib.parse.quote(metric)}&agg=sum")
+            return int(float(got[0]["sum"])) if got else 0
     raise RuntimeError(f"no source vertex matching {name_part!r}")
 
 
@@ -146,11 +153,11 @@ def vertex_records(cfg, job_id, name_part, metric):
 
 
 def wait_sink_settled(cfg, job_id, quiet_s=8, timeout_s=900):
-    """Wait until the bucket sink has completed no new write for quiet_s; (time, rows)."""
+    """Wait until the bucket sink has taken no new row for quiet_s; (time, rows)."""
     last, last_change = -1, time.monotonic()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rows = vertex_records(cfg, job_id, "bucket-sink", "write-records")
+        rows = vertex_records(cfg, job_id, "bucket-sink", "read-records")
         if rows != last:
             last, last_change = rows, time.monotonic()
         elif time.monotonic() - last_change >= quiet_s:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from sinks.aio import callback_future
@@ -86,8 +86,9 @@ class BucketWriter:
         self._index.is_idempotent = True
 
     def _values(self, tier: Tier, row: BucketRow) -> tuple:
-        by_name = {**asdict(row), "part": partition_start_ms(row.ts, tier), "written_ms": int(time.time() * 1000)}
-        return tuple(by_name[c] for c in self._columns)
+        # Not dataclasses.asdict: it deep-copies, and this runs once per bucket.
+        derived = {"part": partition_start_ms(row.ts, tier), "written_ms": int(time.time() * 1000)}
+        return tuple(derived[c] if c in derived else getattr(row, c) for c in self._columns)
 
     def _delay(self, attempt: int) -> float:
         return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))

@@ -8,6 +8,7 @@ so a checkpoint never covers a bucket Cassandra has not acknowledged.
 from __future__ import annotations
 
 import logging
+import time
 
 from pyflink.datastream import MapFunction, RuntimeContext
 from pyflink.datastream.functions import AsyncFunction
@@ -59,7 +60,7 @@ class BucketSink(AsyncFunction):
             )
             await self.writer.write_async(tier, bucket)
             self._count(f"buckets_written_{tier}")
-            await self._cache(self.cache.write(tier, tenant, bucket))
+            await self._cache(self.cache.write(tier, tenant, bucket, int(time.time() * 1000)))
         else:
             if kind == "late":  # beyond grace: kept on the late topic for reconciliation
                 await self.late.write(row)

@@ -38,26 +38,38 @@ def decode_member(member: str | bytes) -> dict:
             "last_ts": last_ts, "sketch": base64.b64decode(sketch) if sketch else None}
 
 
+# One round trip and one command per bucket (a MULTI pipeline of four costs four times
+# the client-side work): replace the bucket at ts, trim to the window, refresh the expiry.
+_WRITE_BUCKET = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
 class RedisBucketCache:
-    """Async write-through of bucket rows (redis.asyncio), one pipeline per bucket."""
+    """Async write-through of bucket rows (redis.asyncio), one script call per bucket."""
 
     def __init__(self, cfg: TallyConfig):
         import redis.asyncio as aioredis
 
         self._keyspace = cfg.keyspace
         self._client = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._write_bucket = self._client.register_script(_WRITE_BUCKET)
         self._window_ms = {tier: seconds * 1000 for tier, seconds in
                            redis_layout()["keys"]["bucket"]["window_seconds"].items()}
 
-    async def write(self, tier: str, tenant: str, row) -> None:
-        key = bucket_key(self._keyspace, tier, tenant, row.sid)
+    async def write(self, tier: str, tenant: str, row, now_ms: int) -> bool:
+        """Write one bucket if it is recent for its tier; False when it is older than the
+        tier's Redis window (a backlog being replayed: the query reads those from Cassandra)."""
         window_ms = self._window_ms[tier]
-        pipe = self._client.pipeline(transaction=True)
-        pipe.zremrangebyscore(key, row.ts, row.ts)
-        pipe.zadd(key, {encode_member(row): row.ts})
-        pipe.zremrangebyscore(key, "-inf", f"({row.ts - window_ms}")
-        pipe.pexpire(key, window_ms)
-        await pipe.execute()
+        if row.ts < now_ms - window_ms:
+            return False
+        key = bucket_key(self._keyspace, tier, tenant, row.sid)
+        await self._write_bucket(keys=[key], args=[row.ts, encode_member(row), row.ts - window_ms, window_ms])
+        return True
 
     async def count(self, tenant: str, field: str, amount: float = 1) -> None:
         await self._client.hincrbyfloat(quality_key(self._keyspace, tenant), field, amount)

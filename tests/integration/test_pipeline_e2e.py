@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from sinks.redis_cache import bucket_key, decode_member
 from tally.cql import connect
 from tally.producer import PointProducer
 from tally.series import series_id
@@ -44,6 +45,20 @@ def test_known_points_give_exact_10s_buckets_and_index(pipeline):
     assert got, "buckets did not appear in Cassandra"
     assert {k: (r.count, r.sum, r.min, r.max) for k, r in got.items()} == {
         k: (t["count"], t["sum"], t["min"], t["max"]) for k, t in truth.items()}
+
+    # Recent buckets were written through to Redis with the same values.
+    import redis
+
+    client = redis.Redis.from_url(cfg.redis_url)
+    try:
+        cached = {}
+        for s in series:
+            for member in client.zrange(bucket_key(cfg.keyspace, "10s", "acme", s.id), 0, -1):
+                b = decode_member(member)
+                cached[("10s", s.id, b["ts"])] = (b["count"], b["sum"], b["min"], b["max"])
+    finally:
+        client.close()
+    assert cached == {k: (r.count, r.sum, r.min, r.max) for k, r in got.items()}
 
     # The series registrations reached the series index.
     def indexed():
