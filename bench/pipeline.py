@@ -58,6 +58,8 @@ def source_records(cfg, job_id, name_part):
         if v["name"].startswith("Source") and name_part in v["name"]:
             ids = {m["id"].split(".", 1)[1] for m in rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/metrics")
                    if m["id"].split(".", 1)[-1].startswith("Source__") and m["id"].endswith(".numRecordsOut")}
+            if not ids:  # not registered yet: the job is still starting
+                return 0
             (metric,) = ids
             got = rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics?get={urllib.parse.quote(metric)}&agg=sum")
             return int(float(got[0]["sum"])) if got else 0
@@ -90,7 +92,11 @@ def run_baseline(cfg, keys, parallelism, seconds):
     job_id = out.stdout.split("JobID ")[-1].split()[0] if "JobID" in out.stdout else None
     if not job_id:
         raise RuntimeError(f"baseline submit failed: {out.stdout[-500:]} {out.stderr[-500:]}")
-    time.sleep(15)  # warm-up
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(
+            v["status"] == "RUNNING" for v in rest(cfg, f"/jobs/{job_id}")["vertices"]):
+        time.sleep(1)
+    time.sleep(10)  # warm-up
     rate, _ = measure_rate(cfg, job_id, "gen", seconds)
     jobctl.cancel(cfg, job_id)
     return rate
