@@ -33,12 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sinks.cassandra import drop_keyspace  # noqa: E402
-from sinks.redis_cache import bucket_key, delete_keyspace_keys  # noqa: E402
+from sinks.redis_cache import bucket_key  # noqa: E402
 from tally import jobctl  # noqa: E402
 from tally.config import TallyConfig  # noqa: E402
 from tally.cql import connect  # noqa: E402
-from tally.producer import PointProducer, delete_topic, series_key_bytes  # noqa: E402
+from tally.producer import PointProducer, series_key_bytes  # noqa: E402
 from tally.series import series_id  # noqa: E402
 from tally.sketch import Sketch  # noqa: E402
 from tally.stack import launcher  # noqa: E402
@@ -257,15 +256,13 @@ def main(argv):
     baseline = run_baseline(base_cfg, args.series, args.parallelism, args.baseline_seconds)
     print(f"baseline  datagen → TUMBLE 1 s → blackhole ({args.series} keys): {baseline:,.0f} rows/s")
 
-    from tests.integration.conftest import job_flags
-
     factory = PointFactory(args.series, random.Random(1))
     try:
         jobctl.prepare(cfg)
         fill_s, start_ms = fill_backlog(cfg, factory, args.points, args.event_seconds)
         print(f"backlog   {args.points:,} points produced in {fill_s:.1f}s ({args.points / fill_s:,.0f}/s, before the job)")
         t_submit = time.monotonic()
-        job_id = jobctl.submit(base_cfg, "aggregate", job_flags(cfg))
+        job_id = jobctl.submit(base_cfg, "aggregate", jobctl.job_flags(cfg))
         rate, samples = measure_rate(cfg, job_id, "points", 900, until_total=args.points + 4)
         drained_s = samples[-1][0] - t_submit
         print(f"tally     read at {rate:,.0f} points/s (steady 10–90 %), all read {drained_s:.0f}s after submit; "
@@ -275,16 +272,22 @@ def main(argv):
         print(f"tally     Kafka → Cassandra rows: {args.points:,} points became {rows:,} bucket rows (all tiers) in "
               f"{done_at - first_read:.0f}s from the first read: {args.points / (done_at - first_read):,.0f} points/s "
               f"end to end, ratio to baseline {args.points / (done_at - first_read) / baseline:.2f}")
+        # Close the backlog's coarser windows (1 m, 1 h) before measuring live freshness, so
+        # the live buckets do not queue behind them.
+        closer = PointProducer(cfg)
+        closer.tick(int(time.time() * 1000) - 5_000)
+        closer.flush()
+        closer.close()
+        time.sleep(3)
+        settled_at, rows = wait_sink_settled(cfg, job_id)
+        print(f"tally     backlog windows closed: {rows:,} bucket rows in total")
         live_r, live_c = live_freshness(cfg, factory, args.live_rate, args.live_seconds)
         print(f"freshness 1 s tier, event-time bucket end → readable (live {args.live_rate:.0f} points/s): "
               f"Redis p50 {pct(live_r, .5) / 1000:.2f}s p99 {pct(live_r, .99) / 1000:.2f}s (n={len(live_r)}); "
               f"Cassandra p50 {pct(live_c, .5) / 1000:.2f}s p99 {pct(live_c, .99) / 1000:.2f}s (n={len(live_c)})")
         jobctl.cancel(base_cfg, job_id)
     finally:
-        for topic in (cfg.points_topic, cfg.series_topic, cfg.late_topic):
-            delete_topic(base_cfg, topic)
-        drop_keyspace(cfg)
-        delete_keyspace_keys(cfg)
+        jobctl.remove_data(cfg)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,17 @@ def _columns_ddl(columns) -> str:
     return ",\n  ".join(f"`{name}` {sql_type}" for name, sql_type in columns)
 
 
+def _kafka_json_source(cfg: TallyConfig, topic: str, group: str) -> str:
+    """WITH options of a JSON Kafka source resuming from its group's committed offsets."""
+    return f"""'connector' = 'kafka',
+  'topic' = '{topic}',
+  'properties.bootstrap.servers' = '{cfg.kafka_bootstrap}',
+  'properties.group.id' = '{group}',
+  'properties.auto.offset.reset' = 'earliest',
+  'scan.startup.mode' = 'group-offsets',
+  'format' = 'json'"""
+
+
 def kafka_points_ddl(cfg: TallyConfig, table: str = "points") -> str:
     """The points topic as a table with event time ``rt``, watermark and partition metadata."""
     return f"""
@@ -53,16 +64,10 @@ CREATE TEMPORARY TABLE {table} (
   pt AS PROCTIME(),
   WATERMARK FOR rt AS rt - INTERVAL '{cfg.grace_seconds}' SECOND
 ) WITH (
-  'connector' = 'kafka',
-  'topic' = '{cfg.points_topic}',
-  'properties.bootstrap.servers' = '{cfg.kafka_bootstrap}',
-  'properties.group.id' = '{cfg.consumer_group}',
-  'properties.auto.offset.reset' = 'earliest',
-  'scan.startup.mode' = 'group-offsets',
-  'format' = 'json',
+  {_kafka_json_source(cfg, cfg.points_topic, cfg.consumer_group)},
   'json.fail-on-missing-field' = 'false',
-  -- A field of the wrong type becomes NULL and the record is counted as rejected by the
-  -- job (view `rejected`); bytes that are not JSON at all are skipped by the format.
+  -- A field of the wrong type becomes NULL and the record gets status 'rejected' (counted);
+  -- bytes that are not JSON at all are skipped by the format.
   'json.ignore-parse-errors' = 'true'
 )"""
 
@@ -73,13 +78,7 @@ def kafka_series_ddl(cfg: TallyConfig, table: str = "series_registrations") -> s
 CREATE TEMPORARY TABLE {table} (
   {_columns_ddl(series_sql_columns())}
 ) WITH (
-  'connector' = 'kafka',
-  'topic' = '{cfg.series_topic}',
-  'properties.bootstrap.servers' = '{cfg.kafka_bootstrap}',
-  'properties.group.id' = '{cfg.consumer_group}-series',
-  'properties.auto.offset.reset' = 'earliest',
-  'scan.startup.mode' = 'group-offsets',
-  'format' = 'json'
+  {_kafka_json_source(cfg, cfg.series_topic, cfg.consumer_group + "-series")}
 )"""
 
 

@@ -56,6 +56,26 @@ def prepare(cfg: TallyConfig) -> None:
     ensure_schema(cfg)
 
 
+def job_flags(cfg: TallyConfig) -> list[str]:
+    """Command-line flags that run jobs/aggregate.py on exactly this config's topics,
+    keyspace, group and tuning."""
+    names = ["points_topic", "series_topic", "late_topic", "keyspace", "consumer_group", "grace_seconds",
+             "source_idle_timeout_seconds", "job_parallelism", "salt_buckets", "checkpoint_interval_seconds"]
+    return [arg for name in names for arg in ("--" + name.replace("_", "-"), str(getattr(cfg, name)))]
+
+
+def remove_data(cfg: TallyConfig) -> None:
+    """Delete a deployment's topics, keyspace and Redis keys (tests and benchmarks clean up)."""
+    from sinks.cassandra import drop_keyspace
+    from sinks.redis_cache import delete_keyspace_keys
+    from tally.producer import delete_topic
+
+    for topic in (cfg.points_topic, cfg.series_topic, cfg.late_topic):
+        delete_topic(cfg, topic)
+    drop_keyspace(cfg)
+    delete_keyspace_keys(cfg)
+
+
 def submit(cfg: TallyConfig, name: str = "aggregate", job_args: list[str] | None = None,
            wait_running_s: float = 120) -> str:
     """Submit jobs/<name>.py detached and wait until it is RUNNING; returns the job id."""

@@ -29,23 +29,13 @@ def stack_cfg() -> TallyConfig:
         launcher.down(cfg)
 
 
-def job_flags(cfg: TallyConfig) -> list[str]:
-    """Command-line flags that run jobs/aggregate.py on exactly this config."""
-    names = ["points_topic", "series_topic", "late_topic", "keyspace", "consumer_group", "grace_seconds",
-             "source_idle_timeout_seconds", "job_parallelism", "salt_buckets", "checkpoint_interval_seconds"]
-    return [arg for name in names for arg in ("--" + name.replace("_", "-"), str(getattr(cfg, name)))]
-
-
 @pytest.fixture(scope="module")
 def pipeline(stack_cfg):
     """(config, job id): a private topic set and keyspace with the aggregation job running.
 
     Idleness is off: tests move event time with watermark ticks on every partition, so a
     burst after a quiet spell can never outrun a partition marked idle."""
-    from sinks.cassandra import drop_keyspace
-    from sinks.redis_cache import delete_keyspace_keys
     from tally import jobctl
-    from tally.producer import delete_topic
 
     run = uuid.uuid4().hex[:8]
     cfg = dataclasses.replace(
@@ -54,12 +44,9 @@ def pipeline(stack_cfg):
         grace_seconds=2, source_idle_timeout_seconds=0, job_parallelism=2, salt_buckets=64,
         checkpoint_interval_seconds=5,
     )
-    job_id = jobctl.submit(stack_cfg, "aggregate", job_flags(cfg))
+    job_id = jobctl.submit(stack_cfg, "aggregate", jobctl.job_flags(cfg))
     yield cfg, job_id
     try:
         jobctl.cancel(stack_cfg, job_id)
     finally:
-        for topic in (cfg.points_topic, cfg.series_topic, cfg.late_topic):
-            delete_topic(stack_cfg, topic)
-        drop_keyspace(cfg)
-        delete_keyspace_keys(cfg)
+        jobctl.remove_data(cfg)
