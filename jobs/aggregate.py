@@ -91,7 +91,7 @@ def build(env, source: Source, sink: Sink, cfg: TallyConfig):
     """Wire the pipeline on ``env`` (a StreamExecutionEnvironment); returns the bucket stream."""
     from pyflink.table import StreamTableEnvironment
 
-    from tally.udf import FUNCTIONS, udf_jar_path
+    from tally.udf import register_udfs, udf_jar_path
 
     # The Java UDFs (tally/udf.py) must be on the stream environment's jars before the table
     # environment exists, so the client and the cluster both load them.
@@ -103,8 +103,7 @@ def build(env, source: Source, sink: Sink, cfg: TallyConfig):
     conf.set("table.exec.source.idle-timeout", f"{cfg.source_idle_timeout_seconds * 1000} ms")
     conf.set("table.exec.state.ttl", f"{cfg.dedup_state_ttl_hours} h")
     conf.set("pipeline.name", job_name(cfg))
-    for name, class_name in FUNCTIONS.items():
-        t_env.create_java_temporary_system_function(name, class_name)
+    register_udfs(t_env)
     points = source(t_env, cfg)
     for name, query in aggsql.classify_views(points):
         t_env.create_temporary_view(name, t_env.sql_query(query))

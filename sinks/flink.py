@@ -14,6 +14,7 @@ from pyflink.datastream import MapFunction, RuntimeContext
 from pyflink.datastream.functions import AsyncFunction
 
 from tally.config import TallyConfig
+from tally.tiers import DEFAULT_TIERS
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class BucketSink(AsyncFunction):
             if kind == "late":  # beyond grace: kept on the late topic for reconciliation
                 await self.late.write(row)
             # late (missing from every tier), dup (replay dropped), rejected: counted
-            fields = ["late_beyond_grace:" + t for t in _TIER_NAMES] if kind == "late" else [
+            fields = ["late_beyond_grace:" + t.name for t in DEFAULT_TIERS] if kind == "late" else [
                 "duplicates_dropped" if kind == "dup" else "rejected"]
             for field in fields:
                 self._count(field.replace(":", "_"))
@@ -118,11 +119,3 @@ class SeriesIndexSink(MapFunction):
         if self.writer is not None:
             self.writer.close()
 
-
-def _tier_names():
-    from tally.tiers import DEFAULT_TIERS
-
-    return [t.name for t in DEFAULT_TIERS]
-
-
-_TIER_NAMES = _tier_names()
