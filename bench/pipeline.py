@@ -37,7 +37,7 @@ from sinks.redis_cache import bucket_key  # noqa: E402
 from tally import jobctl  # noqa: E402
 from tally.config import TallyConfig  # noqa: E402
 from tally.cql import connect  # noqa: E402
-from tally.producer import PointProducer, series_key_bytes  # noqa: E402
+from tally.producer import PointProducer  # noqa: E402
 from tally.series import series_id  # noqa: E402
 from tally.sketch import Sketch  # noqa: E402
 from tally.stack import launcher  # noqa: E402
@@ -66,7 +66,10 @@ def source_records(cfg, job_id, name_part):
 
 
 def measure_rate(cfg, job_id, name_part, seconds, until_total=None):
-    """(records/s over the steady part, samples) from the source vertex's counter."""
+    """(records/s over the steady part, samples) from the source vertex's counter.
+
+    With ``until_total`` (draining a backlog of that size) the steady part is 10 % to 90 %
+    of the backlog; without it (an endless source) it is the whole sampling window."""
     samples = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -74,10 +77,12 @@ def measure_rate(cfg, job_id, name_part, seconds, until_total=None):
         if until_total and samples[-1][1] >= until_total:
             break
         time.sleep(1.0)
-    # Skip the warm-up: rate between 10 % and 90 % of what was read.
-    total = samples[-1][1]
-    lo = next((s for s in samples if s[1] >= 0.1 * total), samples[0])
-    hi = next((s for s in samples if s[1] >= 0.9 * total), samples[-1])
+    if until_total:  # skip the warm-up and the tail of the drain
+        total = samples[-1][1]
+        lo = next((s for s in samples if s[1] >= 0.1 * total), samples[0])
+        hi = next((s for s in samples if s[1] >= 0.9 * total), samples[-1])
+    else:
+        lo, hi = samples[0], samples[-1]
     rate = (hi[1] - lo[1]) / (hi[0] - lo[0]) if hi[0] > lo[0] else 0.0
     return rate, samples
 
@@ -96,7 +101,11 @@ def run_baseline(cfg, keys, parallelism, seconds):
             v["status"] == "RUNNING" for v in rest(cfg, f"/jobs/{job_id}")["vertices"]):
         time.sleep(1)
     time.sleep(10)  # warm-up
+    while time.monotonic() < deadline + 60 and source_records(cfg, job_id, "gen") == 0:
+        time.sleep(1)  # operator metrics register a little after the tasks run
     rate, _ = measure_rate(cfg, job_id, "gen", seconds)
+    if rate <= 0:
+        raise RuntimeError("the baseline job produced no records; see `tally stack logs flink`")
     jobctl.cancel(cfg, job_id)
     return rate
 
@@ -136,13 +145,11 @@ def fill_backlog(cfg, factory, points, event_seconds):
     for s in factory.series:
         producer.register(s)
     start_ms = (int(time.time() * 1000) - 3_600_000) // 1000 * 1000
-    raw = producer._producer  # pre-encoded records: the bench measures the job, not the encoder
     t0 = time.monotonic()
-    for n in range(points):
+    for n in range(points):  # pre-encoded records: the bench measures the job, not the encoder
         i = factory.pick()
         ts = start_ms + (n * event_seconds * 1000) // points
-        raw.send(cfg.points_topic, key=series_key_bytes(factory.series[i].id),
-                 value=factory.record(i, ts, producer.producer_id, producer.next_seq()))
+        producer.send_encoded(factory.series[i].id, factory.record(i, ts, producer.producer_id, producer.next_seq()))
     producer.tick(start_ms + event_seconds * 1000 + 10_000)
     producer.flush(timeout_s=300)
     producer.close()
@@ -182,15 +189,14 @@ def live_freshness(cfg, factory, rate, seconds):
     sent_buckets = []
 
     def traffic():
-        raw = producer._producer
         next_tick = 0.0
         while not stop.is_set():
             now = time.time()
             now_ms = int(now * 1000)
             for _ in range(int(rate / 20)):
                 i = factory.pick()
-                raw.send(cfg.points_topic, key=series_key_bytes(factory.series[i].id),
-                         value=factory.record(i, now_ms, producer.producer_id, producer.next_seq()))
+                producer.send_encoded(factory.series[i].id,
+                                      factory.record(i, now_ms, producer.producer_id, producer.next_seq()))
             if now >= next_tick:
                 producer.emit(probe, "g", now_ms, 1.0)
                 sent_buckets.append(now_ms - now_ms % 1000)

@@ -37,6 +37,11 @@ class Ports:
     redis: int = 6379
     flink_rest: int = 8081
     flink_rpc: int = 6123
+    # Tally's own servers.
+    statsd: int = 8125  # agent: StatsD/DogStatsD over UDP and TCP
+    agent_http: int = 8126  # agent: /metrics (self-metrics)
+    api: int = 9200  # query API, dashboard, alerts
+    gateway: int = 9201  # ingest gateway: remote_write, JSON push
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Ports":
@@ -65,8 +70,9 @@ class TallyConfig:
     kafka_heap_mb: int = 384
     cassandra_heap_mb: int = 768
     flink_jobmanager_process_mb: int = 1024
-    flink_taskmanager_process_mb: int = 1536
-    flink_task_slots: int = 2
+    flink_taskmanager_process_mb: int = 3072
+    # Several small jobs (tests, benchmarks, reconciliation) can run side by side.
+    flink_task_slots: int = 6
     # Streaming job settings (jobs/aggregate.py).
     grace_seconds: int = 5
     # A partition without records for this long stops holding event time back (0 = never).
