@@ -142,8 +142,8 @@ class PointFactory:
 
 def fill_backlog(cfg, factory, points, event_seconds):
     producer = PointProducer(cfg, producer_id=f"bench-{uuid.uuid4().hex[:8]}")
-    for s in factory.series:
-        producer.register(s)
+    for s, t in zip(factory.series, factory.types):
+        producer.register(s, t)
     start_ms = (int(time.time() * 1000) - 3_600_000) // 1000 * 1000
     t0 = time.monotonic()
     for n in range(points):  # pre-encoded records: the bench measures the job, not the encoder
@@ -184,7 +184,7 @@ def live_freshness(cfg, factory, rate, seconds):
 
     producer = PointProducer(cfg, producer_id=f"live-{uuid.uuid4().hex[:8]}")
     probe = series_id("bench", "bench.probe", {})
-    producer.register(probe)
+    producer.register(probe, "g")
     stop = threading.Event()
     sent_buckets = []
 

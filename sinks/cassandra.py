@@ -81,7 +81,7 @@ class BucketWriter:
             stmt.is_idempotent = True
             self._statements[tier.name] = stmt
         self._index = self._session.prepare(
-            f"INSERT INTO {cfg.keyspace}.series (tenant, name, sid, series, tags) VALUES (?, ?, ?, ?, ?)"
+            f"INSERT INTO {cfg.keyspace}.series (tenant, name, sid, series, tags, mtype) VALUES (?, ?, ?, ?, ?, ?)"
         )
         self._index.is_idempotent = True
 
@@ -131,7 +131,8 @@ class BucketWriter:
         sid = parse_key(registration["series"])
         if sid.id != registration["sid"]:
             raise ValueError(f"series key {registration['series']!r} does not hash to sid {registration['sid']}")
-        self._session.execute(self._index, (sid.tenant, sid.name, sid.id, sid.key, sid.tag_dict))
+        self._session.execute(self._index, (sid.tenant, sid.name, sid.id, sid.key, sid.tag_dict,
+                                            registration.get("type")))
 
     def close(self) -> None:
         self._cluster.shutdown()

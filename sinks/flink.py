@@ -107,7 +107,7 @@ class SeriesIndexSink(MapFunction):
 
     def map(self, row):
         try:
-            self.writer.index_series({"sid": row["sid"], "series": row["series"]})
+            self.writer.index_series({"sid": row["sid"], "series": row["series"], "type": row["type"]})
             self.indexed.inc()
             return "indexed"
         except ValueError as exc:

@@ -56,10 +56,10 @@ def tick(ts_ms: int, pid: str) -> dict[str, Any]:
             "count": 0.0, "sum": 0.0, "min": 0.0, "max": 0.0, "last": 0.0, "sk": None, "pid": pid, "seq": 0}
 
 
-def series_record(series: SeriesId) -> dict[str, Any]:
-    """The registration record naming a series (schemas/series.json)."""
+def series_record(series: SeriesId, metric_type: str) -> dict[str, Any]:
+    """The registration record naming a series and its metric type (schemas/series.json)."""
     return {"v": SCHEMA_VERSION, "tenant": series.tenant, "sid": series.id, "name": series.name,
-            "tags": series.tag_dict, "series": series.key}
+            "tags": series.tag_dict, "type": metric_type, "series": series.key}
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
@@ -126,6 +126,9 @@ def validate_series(record: Any) -> dict[str, Any]:
     _check_fields(record, series_schema(), "series record")
     if not all(isinstance(v, str) for v in record["tags"].values()):
         raise PointError("tag values must be strings")
+    if record["type"] not in series_schema()["properties"]["type"]["enum"]:
+        raise PointError(f"series type must be one of {series_schema()['properties']['type']['enum']}, "
+                         f"got {record['type']!r}")
     return record
 
 

@@ -80,17 +80,17 @@ class PointProducer:
         self.seq += 1
         return self.seq
 
-    def register(self, series: SeriesId) -> None:
-        """Name a series on the series topic, once per producer."""
+    def register(self, series: SeriesId, metric_type: str) -> None:
+        """Name a series and its metric type on the series topic, once per producer."""
         if series.id in self._registered:
             return
         self._producer.send(self.series_topic, key=series_key_bytes(series.id),
-                            value=points.encode(points.series_record(series)))
+                            value=points.encode(points.series_record(series, metric_type)))
         self._registered.add(series.id)
 
     def emit(self, series: SeriesId, metric_type: str, ts_ms: int, value: float, count: float = 1.0) -> dict:
         """Register the series if new, then send one raw event as a point; returns the point."""
-        self.register(series)
+        self.register(series, metric_type)
         point = points.from_value(series, metric_type, ts_ms, value, self.producer_id, self.next_seq(), count)
         self.send(point, validate=False)
         return point

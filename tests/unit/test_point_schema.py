@@ -31,8 +31,11 @@ def test_point_round_trips_and_matches_schema_fields():
 
 def test_series_record_names_the_series():
     sid = series_id("acme", "lat", {"h": "a"})
-    record = point.validate_series(point.series_record(sid))
+    record = point.validate_series(point.series_record(sid, "ms"))
     assert record["sid"] == sid.id and record["series"] == sid.key and record["tags"] == {"h": "a"}
+    assert record["type"] == "ms"
+    with pytest.raises(point.PointError, match="type"):
+        point.validate_series(point.series_record(sid, "w"))
     with pytest.raises(point.PointError, match="missing field"):
         point.validate_series({"v": 1})
 
