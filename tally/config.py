@@ -85,6 +85,18 @@ class TallyConfig:
     dedup_state_ttl_hours: int = 168  # forget producers silent this long
     checkpoint_interval_seconds: int = 10
     sink_concurrency: int = 64  # in-flight bucket writes per sink subtask
+    # HTTP API keys (tally.auth YAML); None = authentication off, tenant from X-Scope-OrgID.
+    api_keys_file: Path | None = None
+    # Ingestion limits (tally.limits.Limits.from_config reads every limit_* field).
+    limit_max_series_per_tenant: int = 1_000_000
+    limit_max_series_per_metric: int = 100_000
+    limit_max_label_values_per_metric_label: int = 10_000
+    limit_max_age_seconds: int = 3600  # accepted lateness of a sample's timestamp
+    limit_samples_per_second_per_tenant: float = 100_000.0
+    limit_samples_burst_per_tenant: int = 200_000
+    # Ingest gateway: watermark ticks trail the wall clock by this much (remote_write delay).
+    gateway_tick_lag_seconds: int = 10
+    gateway_ack_timeout_seconds: float = 10.0  # longer without a Kafka ack: 503
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TallyConfig":
@@ -103,6 +115,19 @@ class TallyConfig:
             consumer_group=env.get("TALLY_CONSUMER_GROUP", cls.consumer_group),
             job_parallelism=_env_int(env, "TALLY_JOB_PARALLELISM", cls.job_parallelism),
             salt_buckets=_env_int(env, "TALLY_SALT_BUCKETS", cls.salt_buckets),
+            api_keys_file=Path(env["TALLY_API_KEYS_FILE"]) if env.get("TALLY_API_KEYS_FILE") else None,
+            limit_max_series_per_tenant=_env_int(env, "TALLY_LIMIT_MAX_SERIES_PER_TENANT",
+                                                 cls.limit_max_series_per_tenant),
+            limit_max_series_per_metric=_env_int(env, "TALLY_LIMIT_MAX_SERIES_PER_METRIC",
+                                                 cls.limit_max_series_per_metric),
+            limit_max_label_values_per_metric_label=_env_int(
+                env, "TALLY_LIMIT_MAX_LABEL_VALUES_PER_METRIC_LABEL", cls.limit_max_label_values_per_metric_label),
+            limit_max_age_seconds=_env_int(env, "TALLY_LIMIT_MAX_AGE_SECONDS", cls.limit_max_age_seconds),
+            limit_samples_per_second_per_tenant=_env_int(env, "TALLY_LIMIT_SAMPLES_PER_SECOND_PER_TENANT",
+                                                         int(cls.limit_samples_per_second_per_tenant)),
+            limit_samples_burst_per_tenant=_env_int(env, "TALLY_LIMIT_SAMPLES_BURST_PER_TENANT",
+                                                    cls.limit_samples_burst_per_tenant),
+            gateway_tick_lag_seconds=_env_int(env, "TALLY_GATEWAY_TICK_LAG_SECONDS", cls.gateway_tick_lag_seconds),
         )
 
     # Derived endpoints: every client of the stack asks the config, never a literal.

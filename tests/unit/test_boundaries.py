@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 PURE = ["tally.series", "tally.sketch", "tally.aggregate", "tally.tiers", "tally.point", "tally.schema",
-        "tally.config", "tally.metric_types"]
+        "tally.config", "tally.metric_types", "tally.limits", "tally.auth"]
 ENGINES = ["pyflink", "cassandra", "redis", "kafka"]
 
 
