@@ -97,6 +97,14 @@ class TallyConfig:
     # Ingest gateway: watermark ticks trail the wall clock by this much (remote_write delay).
     gateway_tick_lag_seconds: int = 10
     gateway_ack_timeout_seconds: float = 10.0  # longer without a Kafka ack: 503
+    # Alerting (tally.alerts): Prometheus rule files, evaluated every interval by the query
+    # engine; notifications POSTed (Alertmanager webhook JSON) to every URL.
+    alert_rules_files: tuple[Path, ...] = ()
+    alert_webhook_urls: tuple[str, ...] = ()
+    alert_eval_interval_seconds: float = 15.0
+    alert_default_tenant: str = "default"  # tenant of rule groups without a 'tenant:' key
+    alert_webhook_timeout_seconds: float = 10.0
+    alert_external_url: str | None = None  # base URL in generatorURL; None = http://host:api port
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TallyConfig":
@@ -128,6 +136,11 @@ class TallyConfig:
             limit_samples_burst_per_tenant=_env_int(env, "TALLY_LIMIT_SAMPLES_BURST_PER_TENANT",
                                                     cls.limit_samples_burst_per_tenant),
             gateway_tick_lag_seconds=_env_int(env, "TALLY_GATEWAY_TICK_LAG_SECONDS", cls.gateway_tick_lag_seconds),
+            alert_rules_files=tuple(Path(p) for p in env.get("TALLY_ALERT_RULES_FILES", "").split(os.pathsep) if p),
+            alert_webhook_urls=tuple(u for u in env.get("TALLY_ALERT_WEBHOOK_URLS", "").split(",") if u),
+            alert_eval_interval_seconds=float(_env_int(env, "TALLY_ALERT_EVAL_INTERVAL_SECONDS",
+                                                       int(cls.alert_eval_interval_seconds))),
+            alert_default_tenant=env.get("TALLY_ALERT_DEFAULT_TENANT", cls.alert_default_tenant),
         )
 
     # Derived endpoints: every client of the stack asks the config, never a literal.
