@@ -105,6 +105,15 @@ class TallyConfig:
     alert_default_tenant: str = "default"  # tenant of rule groups without a 'tenant:' key
     alert_webhook_timeout_seconds: float = 10.0
     alert_external_url: str | None = None  # base URL in generatorURL; None = http://host:api port
+    # Raw-log archive (tally.archive) and nightly reconciliation (reconcile/).  archive_uri: a
+    # local folder or s3://bucket/prefix; "" = <data_dir>/archive.  A file holds one offset
+    # segment of one partition for one event hour.
+    archive_uri: str = ""
+    archive_group: str = "tally-archive"  # Kafka consumer group of the archiver
+    archive_segment_records: int = 100_000  # offsets per segment (per partition)
+    archive_flush_interval_seconds: float = 60.0  # partial segments written at least this often
+    archive_s3_endpoint_url: str | None = None  # S3-compatible endpoint (None = AWS default)
+    kafka_retention_hours: int = 168  # points topic retention (7 days); the archive keeps the rest
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TallyConfig":
@@ -136,6 +145,8 @@ class TallyConfig:
             limit_samples_burst_per_tenant=_env_int(env, "TALLY_LIMIT_SAMPLES_BURST_PER_TENANT",
                                                     cls.limit_samples_burst_per_tenant),
             gateway_tick_lag_seconds=_env_int(env, "TALLY_GATEWAY_TICK_LAG_SECONDS", cls.gateway_tick_lag_seconds),
+            archive_uri=env.get("TALLY_ARCHIVE_URI", cls.archive_uri),
+            archive_s3_endpoint_url=env.get("TALLY_ARCHIVE_S3_ENDPOINT_URL") or None,
             alert_rules_files=tuple(Path(p) for p in env.get("TALLY_ALERT_RULES_FILES", "").split(os.pathsep) if p),
             alert_webhook_urls=tuple(u for u in env.get("TALLY_ALERT_WEBHOOK_URLS", "").split(",") if u),
             alert_eval_interval_seconds=float(_env_int(env, "TALLY_ALERT_EVAL_INTERVAL_SECONDS",
