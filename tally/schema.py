@@ -95,11 +95,22 @@ def cql_statements(keyspace: str, replication: str, tiers: tuple[Tier, ...] = DE
     return statements
 
 
-def bucket_columns() -> tuple[str, ...]:
-    """Column names of the per-tier bucket table, parsed from the CQL source."""
+# Columns of the per-tier table that only the reconciliation writes: the stream's upserts
+# (bucket_columns) leave them alone.
+RECONCILE_COLUMNS = ("repaired_ms",)
+
+
+def all_bucket_columns() -> tuple[str, ...]:
+    """Every column name of the per-tier bucket table, parsed from the CQL source."""
     body = _cql_sections()["tier"]
     inner = body[body.index("(") + 1 : body.index("PRIMARY KEY")]
     return tuple(line.split()[0] for line in inner.strip().splitlines() if line.strip())
+
+
+def bucket_columns() -> tuple[str, ...]:
+    """Column names of the per-tier bucket table that a bucket upsert writes (all but
+    RECONCILE_COLUMNS)."""
+    return tuple(c for c in all_bucket_columns() if c not in RECONCILE_COLUMNS)
 
 
 SINGLE_NODE_REPLICATION = "{'class': 'SimpleStrategy', 'replication_factor': 1}"

@@ -87,6 +87,11 @@ def test_cql_columns_agree_with_record_and_bucket_row():
     assert {"tenant", "sid"} <= set(point_fields()) & columns
     # The writer fills every column from BucketRow plus the derived part / written_ms.
     assert columns == {f.name for f in dataclasses.fields(BucketRow)} | {"part", "written_ms"}
+    # The reconciliation's marker is in the table but never in the stream's upserts.
+    from tally.schema import RECONCILE_COLUMNS, all_bucket_columns
+
+    assert set(all_bucket_columns()) == columns | set(RECONCILE_COLUMNS)
+    assert not set(RECONCILE_COLUMNS) & columns
     # SQL types exist for every record field; the sketch travels as BYTES (base64 in JSON).
     assert [n for n, _ in point_sql_columns()] == list(point_fields())
     assert dict(point_sql_columns())["sk"] == "BYTES"
