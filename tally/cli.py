@@ -89,6 +89,15 @@ def _buckets(args, cfg: TallyConfig) -> int:
     return 0
 
 
+def _agent(args, cfg: TallyConfig) -> int:
+    import dataclasses
+
+    from tally.agent import server
+
+    overrides = {k: v for k, v in (("agent_workers", args.workers), ("agent_tenant", args.tenant)) if v is not None}
+    return server.main(dataclasses.replace(cfg, **overrides))
+
+
 def _recent_partitions(tier) -> tuple[int, ...]:
     import time
 
@@ -125,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     buckets.add_argument("--tier", default="10s")
     buckets.add_argument("--limit", type=int, default=20)
     buckets.set_defaults(func=_buckets)
+
+    agent = sub.add_parser("agent", help="StatsD/DogStatsD agent: UDP/TCP/Unix socket in, 1 s aggregates to Kafka")
+    agent.add_argument("--workers", type=int, help="worker processes (default: config agent_workers)")
+    agent.add_argument("--tenant", help="tenant of the received series (default: config agent_tenant)")
+    agent.set_defaults(func=_agent)
     return parser
 
 

@@ -114,6 +114,12 @@ class TallyConfig:
     archive_flush_interval_seconds: float = 60.0  # partial segments written at least this often
     archive_s3_endpoint_url: str | None = None  # S3-compatible endpoint (None = AWS default)
     kafka_retention_hours: int = 168  # points topic retention (7 days); the archive keeps the rest
+    # StatsD agent (tally.agent): SO_REUSEPORT worker processes, 1 s pre-aggregation, disk spool.
+    agent_tenant: str = "default"  # tenant of every series the agent receives
+    agent_workers: int = 2  # processes, each with its own aggregator and producer id
+    agent_flush_interval_seconds: float = 1.0
+    agent_spool_max_mb: int = 512  # per worker; beyond it new batches are dropped (spool_dropped)
+    agent_kafka_retry_seconds: float = 5.0  # Kafka unreachable: try again this often
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TallyConfig":
@@ -145,6 +151,9 @@ class TallyConfig:
             limit_samples_burst_per_tenant=_env_int(env, "TALLY_LIMIT_SAMPLES_BURST_PER_TENANT",
                                                     cls.limit_samples_burst_per_tenant),
             gateway_tick_lag_seconds=_env_int(env, "TALLY_GATEWAY_TICK_LAG_SECONDS", cls.gateway_tick_lag_seconds),
+            agent_tenant=env.get("TALLY_AGENT_TENANT", cls.agent_tenant),
+            agent_workers=_env_int(env, "TALLY_AGENT_WORKERS", cls.agent_workers),
+            agent_spool_max_mb=_env_int(env, "TALLY_AGENT_SPOOL_MAX_MB", cls.agent_spool_max_mb),
             archive_uri=env.get("TALLY_ARCHIVE_URI", cls.archive_uri),
             archive_s3_endpoint_url=env.get("TALLY_ARCHIVE_S3_ENDPOINT_URL") or None,
             alert_rules_files=tuple(Path(p) for p in env.get("TALLY_ALERT_RULES_FILES", "").split(os.pathsep) if p),

@@ -1,0 +1,183 @@
+"""Delivery of flushed batches to Kafka, with the disk spool when Kafka is unreachable.
+
+One sender thread per worker process, fed by a queue, so a slow or absent Kafka never
+blocks the receive loop.  A batch is delivered when every one of its records (series
+registrations first, then points) is acknowledged (acks=all, idempotent producer); any
+failure spools the whole batch and recreates the Kafka client.  While the spool holds
+anything, new batches go to its end too and no watermark tick is sent (a tick promises that
+everything before it was sent); every ``retry_seconds`` the oldest spooled batch is tried,
+and batches are replayed one by one, oldest first, with their original producer id and
+sequence numbers.  Records of a failed batch that did reach Kafka are thus sent again with
+the same (pid, seq) and dropped by the job's deduplication: no loss, no double count.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Callable
+
+from tally import point as points
+from tally.agent.spool import Batch, Spool
+from tally.config import TallyConfig
+from tally.producer import PointProducer, series_key_bytes
+from tally.series import parse_key
+
+log = logging.getLogger("tally.agent")
+
+
+class AgentProducer(PointProducer):
+    """PointProducer that reports per-record delivery (the agent must know what to spool)."""
+
+    def __init__(self, cfg: TallyConfig, producer_id: str, max_block_ms: int = 2000):
+        super().__init__(cfg, producer_id)
+        # Metadata waits (send, partitions_for) must fail fast when the broker is gone.
+        self._producer.config["max_block_ms"] = max_block_ms
+
+    def deliver(self, batch: Batch, timeout_s: float) -> None:
+        """Send the batch's registrations and points and wait for every ack; raises on any failure."""
+        futures = []
+        new = [sid for sid in batch.series if sid not in self._registered]
+        for sid in new:
+            key, mtype = batch.series[sid]
+            record = points.encode(points.series_record(parse_key(key), mtype))
+            futures.append(self._producer.send(self.series_topic, key=series_key_bytes(sid), value=record))
+        for sid, record in batch.points:
+            futures.append(self._producer.send(self.points_topic, key=series_key_bytes(sid), value=record))
+        self._producer.flush(timeout=timeout_s)
+        for future in futures:
+            future.get(timeout=0)  # raises the delivery error, if any
+        self._registered.update(new)
+
+    def abort(self) -> None:
+        """Close without waiting for pending records (they are spooled by the caller)."""
+        try:
+            self._producer.close(timeout=0)
+        except Exception:  # noqa: BLE001 - closing a broken client must not fail the agent
+            pass
+
+
+class Sender(threading.Thread):
+    """Delivers batches in order; spools and replays while Kafka is away."""
+
+    def __init__(self, spool: Spool, make_producer: Callable[[], AgentProducer], stats: dict,
+                 retry_seconds: float = 5.0, ack_timeout_seconds: float = 10.0):
+        super().__init__(name="tally-agent-sender", daemon=True)
+        self.spool = spool
+        self.make_producer = make_producer
+        self.stats = stats
+        self.retry_seconds = retry_seconds
+        self.ack_timeout_seconds = ack_timeout_seconds
+        self.queue: queue.Queue = queue.Queue()
+        self._producer: AgentProducer | None = None
+        self._next_try = 0.0
+        self._stopping = threading.Event()
+        for name in ("points_flushed", "points_spooled", "spool_dropped", "points_replayed", "batches_failed"):
+            stats.setdefault(name, 0)
+        stats["kafka_up"] = 0
+        self._update_spool_stats()
+
+    def submit(self, batch: Batch, tick_ms: int | None) -> None:
+        """Queue a batch (may be empty) and the watermark tick that follows it."""
+        self.queue.put((batch, tick_ms))
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """Deliver or spool everything queued, then close the Kafka client."""
+        self._stopping.set()
+        self.queue.put(None)
+        self.join(timeout_s)
+
+    def run(self) -> None:
+        while True:
+            try:
+                item = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                item = ()
+            if item is None:
+                break
+            if item:
+                batch, tick_ms = item
+                self._handle(batch, tick_ms)
+            elif len(self.spool) and time.monotonic() >= self._next_try:
+                self._replay()
+        if len(self.spool) and not self._stopping.is_set():
+            self._replay()
+        if self._producer is not None:
+            try:
+                self._producer.flush(5)
+                self._producer.close()
+            except Exception:  # noqa: BLE001
+                self._producer.abort()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _handle(self, batch: Batch, tick_ms: int | None) -> None:
+        if len(self.spool) and time.monotonic() >= self._next_try:
+            self._replay()
+        if batch.points:
+            if len(self.spool) or not self._try(batch):
+                self._to_spool(batch)
+            else:
+                self.stats["points_flushed"] += len(batch.points)
+        if tick_ms is not None and not len(self.spool) and self._producer is not None:
+            try:
+                self._producer.tick(tick_ms)
+            except Exception as exc:  # noqa: BLE001 - a lost tick only delays event time
+                log.warning("watermark tick failed: %s", exc)
+
+    def _try(self, batch: Batch) -> bool:
+        if self._producer is None:
+            if time.monotonic() < self._next_try:
+                return False
+            try:
+                self._producer = self.make_producer()
+            except Exception as exc:  # noqa: BLE001 - Kafka unreachable: spool
+                log.warning("Kafka unreachable (%s); spooling", exc)
+                self._down()
+                return False
+        try:
+            self._producer.deliver(batch, self.ack_timeout_seconds)
+        except Exception as exc:  # noqa: BLE001 - any delivery failure: spool the batch
+            log.warning("delivery failed (%s); spooling", exc)
+            self.stats["batches_failed"] += 1
+            self._producer.abort()
+            self._producer = None
+            self._down()
+            return False
+        self.stats["kafka_up"] = 1
+        return True
+
+    def _down(self) -> None:
+        self.stats["kafka_up"] = 0
+        self._next_try = time.monotonic() + self.retry_seconds
+
+    def _to_spool(self, batch: Batch) -> None:
+        if self.spool.append(batch):
+            self.stats["points_spooled"] += len(batch.points)
+        else:
+            self.stats["spool_dropped"] += len(batch.points)
+            log.error("spool full (%d bytes): dropped %d points", self.spool.bytes, len(batch.points))
+        self._update_spool_stats()
+
+    def _replay(self) -> None:
+        """Deliver spooled batches oldest first; stop at the first failure."""
+        while True:
+            head = self.spool.oldest()
+            if head is None:
+                break
+            path, batch = head
+            if not self._try(batch):
+                break
+            self.spool.remove(path)
+            self.stats["points_replayed"] += len(batch.points)
+            self.stats["points_flushed"] += len(batch.points)
+            self._update_spool_stats()
+            if not self.queue.empty() and self._stopping.is_set():
+                continue
+        self._update_spool_stats()
+
+    def _update_spool_stats(self) -> None:
+        self.stats["spool_bytes"] = self.spool.bytes
+        self.stats["spool_batches"] = len(self.spool)

@@ -1,0 +1,231 @@
+"""One agent worker process: sockets, its own aggregator, producer id and sender thread.
+
+Every worker binds the StatsD UDP port and a TCP listener with SO_REUSEPORT, so the kernel
+spreads datagrams (by sender address) and connections over the workers; worker 0 also owns
+the Unix datagram socket.  Nothing is shared between workers on the hot path: each has its
+own :class:`Aggregator`, its own producer id and sequence, its own spool directory.  Every
+``agent_flush_interval_seconds`` the closed seconds are turned into points (pid + seq
+stamped here, in send order) and handed to the sender thread with a watermark tick at the
+current second.  Counters go to the parent process once per flush for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from tally import point as points
+from tally.agent.aggregator import Aggregator, Flushed
+from tally.agent.sender import AgentProducer, Sender
+from tally.agent.spool import Batch, Spool
+from tally.config import TallyConfig
+from tally.limits import Limits
+
+log = logging.getLogger("tally.agent")
+_RECV_BYTES = 65535
+_RCVBUF_BYTES = 16 * 1024 * 1024
+
+
+def unix_socket_path(cfg: TallyConfig) -> Path:
+    """Where the agent's Unix datagram socket lives."""
+    return cfg.data_dir / "agent" / "statsd.sock"
+
+
+def spool_dir(cfg: TallyConfig, index: int) -> Path:
+    """The spool directory of worker ``index`` (kept across restarts, replayed at start)."""
+    return cfg.data_dir / "agent" / "spool" / f"worker-{index}"
+
+
+def point_record(f: Flushed, pid: str, seq: int) -> dict:
+    """The Kafka point (schemas/point.json) of one flushed partial aggregate."""
+    return {"v": points.SCHEMA_VERSION, "tenant": f.series.tenant, "sid": f.series.id, "type": f.type,
+            "ts": f.ts_ms, "count": f.count, "sum": f.sum, "min": f.min, "max": f.max, "last": f.last,
+            "sk": points.sketch_field(f.sketch), "pid": pid, "seq": seq}
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    _big_rcvbuf(sock)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def _big_rcvbuf(sock: socket.socket) -> None:
+    # Bursts are absorbed by the kernel buffer; SO_RCVBUFFORCE passes rmem_max when allowed.
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), _RCVBUF_BYTES)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF_BYTES)
+
+
+def _tcp_listener(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _unix_socket(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    _big_rcvbuf(sock)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    return sock
+
+
+class Worker:
+    """The receive loop of one worker process."""
+
+    def __init__(self, cfg: TallyConfig, index: int, stats_queue=None, stop_event=None, make_producer=None):
+        self.cfg = cfg
+        self.index = index
+        self.stats_queue = stats_queue
+        self.stop_event = stop_event
+        self.pid = f"agent-{socket.gethostname()}-w{index}-{uuid.uuid4().hex[:10]}"
+        self.seq = 0
+        limits = Limits.from_config(cfg)
+        self.agg = Aggregator(cfg.agent_tenant, limits=limits)
+        self.stats: dict = {"datagrams": 0, "tcp_connections": 0, "worker": index}
+        self.sender = Sender(
+            Spool(spool_dir(cfg, index), cfg.agent_spool_max_mb * 1024 * 1024),
+            make_producer or (lambda: AgentProducer(cfg, self.pid)), self.stats,
+            retry_seconds=cfg.agent_kafka_retry_seconds)
+        self._conns: dict[socket.socket, bytes] = {}
+        self._running = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+        cfg = self.cfg
+        sel = selectors.DefaultSelector()
+        udp = _udp_socket(cfg.host, cfg.ports.statsd)
+        tcp = _tcp_listener(cfg.host, cfg.ports.statsd)
+        sel.register(udp, selectors.EVENT_READ, "udp")
+        sel.register(tcp, selectors.EVENT_READ, "tcp")
+        unix = None
+        if self.index == 0:
+            unix = _unix_socket(unix_socket_path(cfg))
+            sel.register(unix, selectors.EVENT_READ, "udp")
+        self.sender.start()
+        interval = cfg.agent_flush_interval_seconds
+        next_flush = time.time() + interval
+        ingest = self.agg.ingest_bytes
+        try:
+            while self._running and not (self.stop_event is not None and self.stop_event.is_set()):
+                timeout = max(0.0, next_flush - time.time())
+                for key, _ in sel.select(min(timeout, 0.5)):
+                    kind = key.data
+                    if kind == "udp":
+                        sock = key.fileobj
+                        recv = sock.recv
+                        sec = int(time.time())
+                        n = 0
+                        # Drain what is queued (bounded, so the flush is never starved).
+                        while n < 2000:
+                            try:
+                                data = recv(_RECV_BYTES)
+                            except (BlockingIOError, InterruptedError):
+                                break
+                            ingest(data, sec)
+                            n += 1
+                        self.stats["datagrams"] += n
+                    elif kind == "tcp":
+                        self._accept(sel, tcp)
+                    else:
+                        self._read_tcp(sel, key.fileobj)
+                now = time.time()
+                if now >= next_flush:
+                    self.flush(int(now))
+                    next_flush = now + interval
+        finally:
+            self.flush(None)
+            self.sender.stop()
+            self._report()
+            for sock in [udp, tcp, unix, *self._conns]:
+                if sock is not None:
+                    sock.close()
+            if unix is not None:
+                try:
+                    unix_socket_path(cfg).unlink()
+                except FileNotFoundError:
+                    pass
+
+    def _stop(self) -> None:
+        self._running = False
+
+    def _accept(self, sel, listener) -> None:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.setblocking(False)
+        self._conns[conn] = b""
+        self.stats["tcp_connections"] += 1
+        sel.register(conn, selectors.EVENT_READ, "conn")
+
+    def _read_tcp(self, sel, conn) -> None:
+        try:
+            data = conn.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNRESET, errno.EPIPE):
+                log.warning("TCP read failed: %s", exc)
+            data = b""
+        buf = self._conns[conn] + data
+        sec = int(time.time())
+        if not data:  # closed: the last line needs no trailing newline
+            if buf:
+                self.agg.ingest_bytes(buf, sec)
+            sel.unregister(conn)
+            conn.close()
+            del self._conns[conn]
+            return
+        cut = buf.rfind(b"\n")
+        if cut >= 0:
+            self.agg.ingest_bytes(buf[:cut], sec)
+            buf = buf[cut + 1:]
+        self._conns[conn] = buf
+
+    def flush(self, now_sec: int | None) -> None:
+        """Hand every second before now_sec (all when None) to the sender, then a tick."""
+        batch = Batch()
+        for f in self.agg.flush(now_sec):
+            self.seq += 1
+            batch.points.append((f.series.id, points.encode(point_record(f, self.pid, self.seq))))
+            batch.series.setdefault(f.series.id, (f.series.key, f.type))
+        tick = now_sec * 1000 if now_sec is not None else int(time.time()) * 1000
+        self.sender.submit(batch, tick)
+        self._report()
+
+    def _report(self) -> None:
+        if self.stats_queue is None:
+            return
+        snapshot = {**self.stats, **self.agg.counters(), "pid": self.pid, "os_pid": os.getpid()}
+        try:
+            self.stats_queue.put_nowait(snapshot)
+        except Exception:  # noqa: BLE001 - metrics must never stop the worker
+            pass
+
+
+def run_worker(cfg: TallyConfig, index: int, stats_queue, stop_event) -> None:
+    """Process entry point of worker ``index``."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s agent[w{index}] %(levelname)s %(message)s")
+    Worker(cfg, index, stats_queue, stop_event).run()
