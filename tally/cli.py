@@ -43,6 +43,12 @@ def _job(args, cfg: TallyConfig) -> int:
     return 0
 
 
+def _gateway(args, cfg: TallyConfig) -> int:
+    from tally.gateway import server
+
+    return server.main(cfg, listen_host=args.listen)
+
+
 def _demo(args, cfg: TallyConfig) -> int:
     from tally import demo
 
@@ -98,6 +104,31 @@ def _agent(args, cfg: TallyConfig) -> int:
     return server.main(dataclasses.replace(cfg, **overrides))
 
 
+def _archive(args, cfg: TallyConfig) -> int:
+    import dataclasses
+    import threading
+
+    from tally import archive
+
+    if args.archive_uri:
+        cfg = dataclasses.replace(cfg, archive_uri=args.archive_uri)
+    print(f"archiving {cfg.points_topic} to {archive.archive_location(cfg)}" + (" (drain and exit)" if args.once else ""),
+          flush=True)
+    stop = threading.Event()
+    try:
+        stats = archive.run(cfg, once=args.once, stop=stop)
+    except KeyboardInterrupt:  # archive.run flushed and committed what it had read
+        return 130
+    print(stats.summary())
+    return 0
+
+
+def _reconcile(args, cfg: TallyConfig) -> int:
+    from reconcile import job
+
+    return job.execute(args, cfg)
+
+
 def _recent_partitions(tier) -> tuple[int, ...]:
     import time
 
@@ -123,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("job_args", nargs=argparse.REMAINDER, help="arguments passed to the job's main()")
     job.set_defaults(func=_job)
 
+    gateway = sub.add_parser("gateway", help="HTTP ingest gateway: Prometheus remote_write and JSON push "
+                                             "(port TALLY_GATEWAY_PORT, keys TALLY_API_KEYS_FILE)")
+    gateway.add_argument("--listen", help="address to listen on (default: the config's host)")
+    gateway.set_defaults(func=_gateway)
+
     demo = sub.add_parser("demo", help="send demo traffic and print the buckets it produced")
     demo.add_argument("--seconds", type=float, default=30)
     demo.add_argument("--rate", type=float, default=200, help="points per second")
@@ -139,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--workers", type=int, help="worker processes (default: config agent_workers)")
     agent.add_argument("--tenant", help="tenant of the received series (default: config agent_tenant)")
     agent.set_defaults(func=_agent)
+
+    archive = sub.add_parser("archive", help="archive the points topic into hourly files (loop; --once drains and exits)")
+    archive.add_argument("--once", action="store_true", help="archive what the topic holds now, then exit")
+    archive.add_argument("--archive-uri", help="folder or s3://bucket/prefix (default TALLY_ARCHIVE_URI or data/archive)")
+    archive.set_defaults(func=_archive)
+
+    reconcile = sub.add_parser("reconcile", help="recompute a day from the archive (Flink batch), repair drifted buckets")
+    from reconcile.job import add_arguments as add_reconcile_arguments
+
+    add_reconcile_arguments(reconcile)
+    reconcile.set_defaults(func=_reconcile)
     return parser
 
 
