@@ -154,6 +154,10 @@ class SeriesLimiter:
         self._values: defaultdict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
         self.rejections: Counter[tuple[str, str, str, str]] = Counter()
 
+    def tenants(self) -> list[str]:
+        """Tenants with at least one active series."""
+        return sorted(self._per_tenant)
+
     def active(self, tenant: str, metric: str | None = None) -> int:
         """Active series of a tenant (or of one of its metrics)."""
         return self._per_tenant[tenant] if metric is None else self._per_metric[(tenant, metric)]

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 PURE = ["tally.series", "tally.sketch", "tally.aggregate", "tally.tiers", "tally.point", "tally.schema",
-        "tally.config", "tally.metric_types", "tally.limits", "tally.auth",
+        "tally.config", "tally.metric_types", "tally.limits", "tally.auth", "tally.remote_write", "tally.gateway.ingest",
         "tally.alerts.rules", "tally.alerts.template", "tally.alerts.state", "tally.alerts.payload"]
 ENGINES = ["pyflink", "cassandra", "redis", "kafka"]
 

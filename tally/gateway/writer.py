@@ -1,0 +1,238 @@
+"""The gateway's Kafka side: accepted samples → points → broker ack, off the event loop.
+
+One :class:`PointProducer` lives on one writer thread (it is not thread-safe, and one
+thread keeps its sequence numbers in send order).  Requests hand their samples to the
+thread through a queue; the thread takes every request waiting, sends them all, flushes
+once (group commit: one broker round trip for many concurrent requests) and then resolves
+each request from the futures of its own records.  A request is answered 2xx only when
+every record of it was acknowledged (acks=all); anything else is :class:`KafkaUnavailable`
+and the handler answers 503 with Retry-After.
+
+After a failure the producer is closed without waiting (its unsent records fail rather
+than arrive after the client was told 503) and for ``retry_after_s`` requests fail fast;
+the next attempt first probes the broker's port so a refused connection costs
+milliseconds, not the client's 30-second bootstrap timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tally.config import TallyConfig
+from tally.gateway.ingest import Sample
+from tally.producer import PointProducer
+
+log = logging.getLogger(__name__)
+
+_GROUP_MAX = 256  # requests sent together before one flush
+
+
+class KafkaUnavailable(Exception):
+    """The records were not acknowledged by Kafka; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class _RecordingSender:
+    """Wraps a KafkaProducer and keeps the future of every ``send`` so the writer can tell
+    which records were acknowledged (PointProducer's own methods return None)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.futures: list = []
+
+    def send(self, *args, **kwargs):
+        fut = self._inner.send(*args, **kwargs)
+        self.futures.append(fut)
+        return fut
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class AckedPointProducer(PointProducer):
+    """A PointProducer whose sends can be checked for broker acknowledgement."""
+
+    def __init__(self, cfg: TallyConfig, producer_id: str | None = None):
+        super().__init__(cfg, producer_id)
+        self._producer = self.recorder = _RecordingSender(self._producer)
+
+    def close_now(self) -> None:
+        """Close without waiting: records not yet acknowledged fail."""
+        try:
+            self.recorder._inner.close(timeout=0)
+        except Exception:  # closing a broken producer must not mask the original error
+            log.exception("closing the Kafka producer failed")
+
+
+@dataclass
+class _Item:
+    kind: str  # "points" or "tick"
+    samples: list[Sample] = field(default_factory=list)
+    tick_ms: int = 0
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future | None = None
+    cancelled: bool = False
+    records: list = field(default_factory=list)
+
+
+def probe_broker(cfg: TallyConfig, timeout_s: float = 1.0) -> None:
+    """Raise OSError if nothing accepts TCP connections on the Kafka bootstrap address."""
+    with socket.create_connection((cfg.host, cfg.ports.kafka), timeout=timeout_s):
+        pass
+
+
+class PointWriter:
+    """Writes accepted samples to Kafka and waits for the broker's acknowledgement."""
+
+    def __init__(self, cfg: TallyConfig, ack_timeout_s: float | None = None, retry_after_s: float = 5.0,
+                 producer_factory: Callable[[TallyConfig], AckedPointProducer] = AckedPointProducer,
+                 clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.ack_timeout_s = cfg.gateway_ack_timeout_seconds if ack_timeout_s is None else ack_timeout_s
+        self.retry_after_s = retry_after_s
+        self._factory = producer_factory
+        self._clock = clock
+        self._producer: AckedPointProducer | None = None
+        self._down_until = 0.0
+        self.last_error = ""
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="tally-gateway-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        return self._clock() >= self._down_until
+
+    async def write(self, samples: list[Sample]) -> None:
+        """Return once Kafka acknowledged every sample as a point; raise KafkaUnavailable if not."""
+        if not samples:
+            return
+        if not self.healthy:
+            raise KafkaUnavailable(f"Kafka unavailable: {self.last_error}", self.retry_after_s)
+        loop = asyncio.get_running_loop()
+        item = _Item("points", samples=samples, loop=loop, future=loop.create_future())
+        self._queue.put(item)
+        try:
+            # The thread may itself wait ack_timeout_s for a flush: allow for it plus the queue.
+            await asyncio.wait_for(asyncio.shield(item.future), timeout=2 * self.ack_timeout_s + 1)
+        except asyncio.TimeoutError:
+            item.cancelled = True
+            raise KafkaUnavailable(f"no Kafka acknowledgement within {2 * self.ack_timeout_s + 1:.0f} s",
+                                   self.retry_after_s) from None
+
+    def tick(self, ts_ms: int) -> None:
+        """Queue a watermark tick behind everything already queued (skipped while Kafka is down)."""
+        if self.healthy and self._producer is not None:
+            self._queue.put(_Item("tick", tick_ms=ts_ms))
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        if self._producer is not None:
+            try:
+                self._producer.flush(timeout_s)
+            except Exception:
+                log.exception("final flush failed")
+            self._producer.close()
+            self._producer = None
+
+    # --- writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            stop = False
+            while len(items) < _GROUP_MAX:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                items.append(nxt)
+            self._write_group([i for i in items if not i.cancelled])
+            if stop:
+                return
+
+    def _write_group(self, items: list[_Item]) -> None:
+        if not items:
+            return
+        try:
+            if not self.healthy:
+                raise KafkaUnavailable(self.last_error, self.retry_after_s)
+            producer = self._connect()
+            for item in items:
+                start = len(producer.recorder.futures)
+                if item.kind == "tick":
+                    producer.tick(item.tick_ms)
+                else:
+                    for s in item.samples:
+                        producer.emit(s.series, s.metric_type, s.ts_ms, s.value, s.count)
+                item.records = producer.recorder.futures[start:]
+            producer.recorder.futures.clear()
+            producer.flush(self.ack_timeout_s)
+            failed = None
+            for item in items:
+                error = next((f.exception or "not acknowledged" for f in item.records
+                              if not (f.is_done and f.succeeded())), None)
+                if error is not None:
+                    failed = failed or error
+                    self._resolve(item, KafkaUnavailable(f"Kafka did not acknowledge: {error}", self.retry_after_s))
+                else:
+                    self._resolve(item, None)
+            if failed is not None:
+                self._mark_down(f"a record failed: {failed}")
+        except Exception as exc:  # any producer failure: answer 503, never 2xx
+            reason = exc.args[0] if isinstance(exc, KafkaUnavailable) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, KafkaUnavailable):
+                self._mark_down(reason)
+            for item in items:
+                self._resolve(item, KafkaUnavailable(f"Kafka unavailable: {reason}", self.retry_after_s))
+
+    def _connect(self) -> AckedPointProducer:
+        if self._producer is None:
+            probe_broker(self.cfg)
+            self._producer = self._factory(self.cfg)
+            log.info("gateway producer %s connected to %s", self._producer.producer_id, self.cfg.kafka_bootstrap)
+        return self._producer
+
+    def _mark_down(self, reason: str) -> None:
+        log.warning("Kafka unavailable (%s); failing writes for %.0f s", reason, self.retry_after_s)
+        self.last_error = reason
+        self._down_until = self._clock() + self.retry_after_s
+        if self._producer is not None:
+            self._producer.close_now()
+            self._producer = None
+
+    @staticmethod
+    def _resolve(item: _Item, error: Exception | None) -> None:
+        if item.future is None or item.loop is None:
+            return
+
+        def settle(fut: asyncio.Future = item.future) -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+        try:
+            item.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
