@@ -105,6 +105,14 @@ class TallyConfig:
     alert_default_tenant: str = "default"  # tenant of rule groups without a 'tenant:' key
     alert_webhook_timeout_seconds: float = 10.0
     alert_external_url: str | None = None  # base URL in generatorURL; None = http://host:api port
+    # Query engine and API (tally.query, tally.api).
+    query_timeout_seconds: float = 30.0  # past it: HTTP 503 errorType timeout
+    query_max_concurrent_per_tenant: int = 8  # further queries of the tenant wait (within the timeout)
+    query_max_points_per_series: int = 11_000  # steps of a range query (Prometheus' limit)
+    query_lookback_seconds: int = 300  # instant selectors look back max(this, tier resolution)
+    query_cache_max_entries: int = 512  # result cache entries (closed steps of range queries)
+    query_cache_ttl_seconds: float = 600.0  # bounds staleness after a repair of old buckets
+    query_cache_settle_seconds: float = 30.0  # ingestion lag allowed before a step counts as closed
     # Raw-log archive (tally.archive) and nightly reconciliation (reconcile/).  archive_uri: a
     # local folder or s3://bucket/prefix; "" = <data_dir>/archive.  A file holds one offset
     # segment of one partition for one event hour.
@@ -161,6 +169,9 @@ class TallyConfig:
             alert_eval_interval_seconds=float(_env_int(env, "TALLY_ALERT_EVAL_INTERVAL_SECONDS",
                                                        int(cls.alert_eval_interval_seconds))),
             alert_default_tenant=env.get("TALLY_ALERT_DEFAULT_TENANT", cls.alert_default_tenant),
+            query_timeout_seconds=float(env.get("TALLY_QUERY_TIMEOUT_SECONDS") or cls.query_timeout_seconds),
+            query_max_concurrent_per_tenant=_env_int(env, "TALLY_QUERY_MAX_CONCURRENT_PER_TENANT",
+                                                     cls.query_max_concurrent_per_tenant),
         )
 
     # Derived endpoints: every client of the stack asks the config, never a literal.
