@@ -123,7 +123,6 @@ class Report:
 
     period: str
     tiers: tuple[str, ...]
-    points: int = 0  # archived points of the period, counted once
     duplicates: int = 0  # further copies of an idempotency id, dropped
     rejected: int = 0  # archived records with a field that did not parse
     checked: int = 0  # recomputed buckets compared with Cassandra
@@ -141,8 +140,8 @@ class Report:
 
     def lines(self) -> list[str]:
         """The human-readable summary printed by ``tally reconcile``."""
-        out = [f"reconcile {self.period} (tiers {', '.join(self.tiers)}): {self.points} points "
-               f"({self.duplicates} duplicates dropped, {self.rejected} rejected)",
+        out = [f"reconcile {self.period} (tiers {', '.join(self.tiers)}): {self.duplicates} duplicate "
+               f"records dropped, {self.rejected} rejected",
                f"buckets checked {self.checked}, missing {self.missing}, drifted {self.drifted}, "
                f"repaired {self.repaired}, unexpected {self.unexpected}"]
         for tier, counts in self.by_tier.items():
