@@ -157,22 +157,20 @@ def parse_head(key: str) -> Head:
     rate, tags, ts, container = 1.0, (), None, None
     seen = set()
     for field in parts[2:]:
-        first = field[:1]
-        if first in seen:
-            raise StatsdLineError("bad_field", f"field '|{first}' given twice")
-        if first == "@":
+        kind = field.partition(":")[0] + ":" if field.startswith(_IGNORED_FIELDS) else field[:1]
+        if kind in seen:
+            raise StatsdLineError("bad_field", f"field '|{kind}' given twice")
+        seen.add(kind)
+        if kind == "@":
             rate = _parse_rate(field[1:])
-        elif first == "#":
+        elif kind == "#":
             tags = _parse_tags(field[1:])
-        elif first == "T":
+        elif kind == "T":
             ts = _parse_timestamp(field[1:])
-        elif field.startswith(_IGNORED_FIELDS):
-            if field.startswith("c:"):
-                container = field[2:]
-            first = field.partition(":")[0]
-        else:
+        elif kind == "c:":
+            container = field[2:]
+        elif kind not in ("e:", "card:"):
             raise StatsdLineError("bad_field", f"unknown field {field[:40]!r}")
-        seen.add(first)
     return Head(normalize_name(raw_name), mtype, rate, tags, ts, container)
 
 
