@@ -28,26 +28,25 @@ log = logging.getLogger(__name__)
 def samples_of(result) -> list[tuple[dict, float]]:
     """The (labels, value) pairs of an instant query result, as the state machine wants them.
 
-    Accepts the engine's ``Vector``/``Scalar`` objects, Prometheus JSON (``{"resultType",
-    "result"}``) or a list of (labels, value).  A scalar result is one sample without labels
-    (Prometheus rejects scalar alert expressions; Tally alerts on them like a 1-element vector)."""
-    if isinstance(result, dict) and "resultType" in result:
+    ``result`` is a ``tally.query.engine.QueryResult`` (labels + a series × steps matrix, NaN
+    = no sample) or Prometheus JSON (``{"resultType", "result"}``).  A scalar result is one
+    sample without labels (Prometheus refuses scalar alert expressions; Tally alerts on them
+    like a one-element vector)."""
+    if isinstance(result, dict):
         kind, res = result["resultType"], result["result"]
         if kind == "scalar":
             return [({}, float(res[1]))]
         if kind == "vector":
             return [(dict(s["metric"]), float(s["value"][1])) for s in res]
         raise ValueError(f"alert expression must give an instant vector, got a {kind}")
-    if hasattr(result, "labels") and hasattr(result, "data"):  # engine Vector: (series, steps)
-        out = []
-        for labels, row in zip(result.labels, result.data):
-            value = float(row[-1])
-            if value == value:  # NaN: no sample at this time
-                out.append((dict(labels), value))
-        return out
-    if hasattr(result, "values") and not isinstance(result, (list, tuple)):  # engine Scalar
-        return [({}, float(result.values[-1]))]
-    return [(dict(labels), float(value)) for labels, value in result]
+    if result.result_type not in ("vector", "scalar"):
+        raise ValueError(f"alert expression must give an instant vector, got a {result.result_type}")
+    out = []
+    for labels, row in zip(result.labels, result.data):
+        value = float(row[-1])
+        if value == value:  # NaN: the series has no sample at this time
+            out.append((dict(labels), value))
+    return out
 
 
 class AlertEvaluator:

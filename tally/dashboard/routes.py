@@ -1,0 +1,200 @@
+"""HTTP routes of the dashboard (adapter): the page, its static files, and two small Tally
+endpoints its panels need, in the Prometheus response envelope.
+
+``GET /api/v1/tally/histogram?match[]=<selector>&start=&end=[&step=][&tier=]``
+    the merged DDSketch of every matching series over the range (the tier the query API
+    would choose for that step): bins ``{lo, hi, count}``, total count, p50/p90/p99.
+``GET /api/v1/tally/quality?match[]=<selector>&start=&end=[&step=][&tier=]``
+    the job's counters for the tenant (duplicates removed, rejected, late beyond grace),
+    ingestion lag and points per second of the matching series (their 1 s buckets), and the
+    status of the shown buckets (provisional / final / repaired; see ``tally.quality``).
+
+Both read through the query engine's ``Storage`` (series index, Redis for recent buckets,
+Cassandra for older ones) and the Redis data-quality hash; the tenant comes from the same
+API-key check as the query API.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime
+from typing import Callable
+
+from aiohttp import web
+
+from tally.auth import AuthError, KeyRing
+from tally.config import TallyConfig
+from tally.dashboard import STATIC_DIR
+from tally.promql.ast import VectorSelector
+from tally.promql.errors import PromQLError
+from tally.promql.parser import parse
+from tally.quality import bucket_status, dq_counters, histogram, ingestion_figures
+from tally.query.resolution import choose_tier
+from tally.sketch import Sketch, SketchDecodeError
+from tally.tiers import DEFAULT_TIERS
+
+__all__ = ["dashboard_routes", "BadRequest"]
+
+MAX_SKETCHES = 200_000  # buckets merged by one histogram request; beyond: 422 with a hint
+
+
+class BadRequest(ValueError):
+    """A parameter that cannot be used (400 bad_data)."""
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    return web.json_response({"status": "error", "errorType": kind, "error": message}, status=status)
+
+
+def _time_s(raw: str | None, name: str, default: float) -> float:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise BadRequest(f"invalid parameter {name!r}: cannot parse {raw!r} to a timestamp") from None
+    if not math.isfinite(value):
+        raise BadRequest(f"invalid parameter {name!r}: {raw!r} is not finite")
+    return value
+
+
+async def _params(request: web.Request) -> dict:
+    merged = dict(request.query)
+    matches = request.query.getall("match[]", [])
+    if request.method == "POST":
+        form = await request.post()
+        merged.update({k: v for k, v in form.items() if k != "match[]"})
+        matches = matches + form.getall("match[]", [])
+    if len(matches) != 1:
+        raise BadRequest("exactly one match[] selector is required, e.g. match[]=request_latency{region=\"eu\"}")
+    now = time.time()
+    end = _time_s(merged.get("end"), "end", now)
+    start = _time_s(merged.get("start"), "start", end - 900)
+    if end < start:
+        raise BadRequest("invalid parameter 'end': end timestamp must not be before start time")
+    step = _time_s(merged.get("step"), "step", max(1.0, (end - start) / 300))
+    if step <= 0:
+        raise BadRequest("invalid parameter 'step': zero or negative query resolution step widths are not accepted")
+    try:
+        node = parse(matches[0])
+    except PromQLError as exc:
+        raise BadRequest(f"invalid match[] {matches[0]!r}: {exc}") from None
+    if not isinstance(node, VectorSelector) or not node.name:
+        raise BadRequest(f"match[] must be a series selector with a metric name, got {matches[0]!r}")
+    return {"selector": node, "start": start, "end": end, "step": step, "tier": merged.get("tier") or None,
+            "now": now}
+
+
+async def _matching(engine, tenant: str, sel: VectorSelector):
+    # The engine's own selector resolution (series index + matchers), so the panels see
+    # exactly the series a query of the same selector reads.
+    return [meta for meta, _name, _suffix in await engine._resolve(tenant, sel, derived=False)]
+
+
+def _tier(p: dict):
+    try:
+        return choose_tier(int(p["now"] * 1000), int(p["start"] * 1000), int(p["step"] * 1000),
+                           forced=p["tier"])
+    except KeyError as exc:
+        raise BadRequest(f"invalid parameter 'tier': {exc.args[0] if exc.args else p['tier']}") from None
+
+
+def dashboard_routes(cfg: TallyConfig, engine, tenant_of: Callable[[web.Request], str] | None = None,
+                     redis_client=None) -> list:
+    """The dashboard's routes over the query engine (``tally.query.engine.QueryEngine``) and
+    its storage.
+
+    ``tenant_of(request)`` returns the tenant or raises ``tally.auth.AuthError``; by default
+    the API-key file of ``cfg`` decides, exactly as for the query API."""
+    keyring = KeyRing.from_file(cfg.api_keys_file) if cfg.api_keys_file else KeyRing.open()
+    tenant_of = tenant_of or (lambda request: keyring.authorize(request.headers, "read"))
+    state = {"redis": redis_client}
+    storage = engine.storage
+
+    def redis():
+        if state["redis"] is None:
+            import redis.asyncio as aioredis
+
+            state["redis"] = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        return state["redis"]
+
+    def endpoint(fn):
+        async def handler(request: web.Request) -> web.Response:
+            try:
+                tenant = tenant_of(request)
+                data = await fn(tenant, await _params(request))
+            except AuthError as exc:
+                return _error(exc.status, "bad_data" if exc.status == 400 else "unauthorized", exc.message)
+            except BadRequest as exc:
+                return _error(400, "bad_data", str(exc))
+            return web.json_response({"status": "success", "data": data})
+        return handler
+
+    async def hist(tenant: str, p: dict) -> dict:
+        sel, tier = p["selector"], _tier(p)
+        metas = await _matching(engine, tenant, sel)
+        found, warnings = await storage.buckets(tenant, tier, metas, int(p["start"] * 1000), int(p["end"] * 1000),
+                                                {"sketch", "count"})
+        merged, buckets, undecodable = None, 0, 0
+        for b in found.values():
+            for raw in b.cols["sketch"]:
+                if raw is None:
+                    continue
+                buckets += 1
+                if buckets > MAX_SKETCHES:
+                    raise BadRequest(f"more than {MAX_SKETCHES} sketches in range: choose a coarser resolution")
+                try:
+                    sk = Sketch.from_bytes(raw)
+                except SketchDecodeError:
+                    undecodable += 1  # counted and reported, never silently skipped
+                    continue
+                merged = sk if merged is None else merged.merge(sk)
+        data = histogram(merged)
+        data.update({"metric": sel.name, "series": len(metas), "buckets": buckets, "tier": tier.name,
+                     "warnings": list(warnings) + ([f"{undecodable} undecodable sketches skipped"] if undecodable else [])})
+        if merged is None:
+            types = sorted({m.mtype or "g" for m in metas})
+            data["message"] = (f"{sel.name} has no sketches in this range (metric type {', '.join(types) or 'unknown'}); "
+                               "histograms need a timer or distribution") if metas else f"no series match {sel.name}"
+        return data
+
+    async def quality(tenant: str, p: dict) -> dict:
+        from sinks.redis_cache import quality_key
+
+        sel, tier = p["selector"], _tier(p)
+        metas = await _matching(engine, tenant, sel)
+        counters = dq_counters(await redis().hgetall(quality_key(cfg.keyspace, tenant)))
+        finest = DEFAULT_TIERS[0]
+        now_ms = int(p["now"] * 1000)
+        recent, _ = await storage.buckets(tenant, finest, metas, now_ms - 900_000, now_ms, {"count"})
+        pairs = [(int(ts), float(c)) for b in recent.values() for ts, c in zip(b.ts, b.cols["count"])]
+        lag, pps = ingestion_figures(pairs, now_ms, window_s=60, resolution_ms=finest.resolution_ms)
+        repaired, repaired_known = [], True
+        try:
+            marked, _ = await storage.buckets(tenant, tier, metas, int(p["start"] * 1000), int(p["end"] * 1000),
+                                              {"repaired_ms"})
+            repaired = sorted({int(ts) / 1000 for b in marked.values()
+                               for ts, r in zip(b.ts, b.cols["repaired_ms"]) if r == r and r})
+        except (KeyError, ValueError, TypeError):
+            repaired_known = False  # a storage without the reconciliation column
+        status = bucket_status(p["start"], p["end"], tier.resolution_seconds, cfg.grace_seconds, p["now"], repaired)
+        return {"counters": counters, "ingestion_lag_seconds": lag, "points_per_second": pps,
+                "series": len(metas), "tier": tier.name, "grace_seconds": cfg.grace_seconds,
+                "buckets": status, "provisional_from": status["provisional_from"],
+                "repaired_known": repaired_known}
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(body=(STATIC_DIR / "index.html").read_bytes(), content_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    h, q = endpoint(hist), endpoint(quality)
+    return [
+        web.get("/", index),
+        web.static("/static", STATIC_DIR),
+        web.get("/api/v1/tally/histogram", h), web.post("/api/v1/tally/histogram", h),
+        web.get("/api/v1/tally/quality", q), web.post("/api/v1/tally/quality", q),
+    ]
