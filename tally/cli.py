@@ -49,6 +49,13 @@ def _gateway(args, cfg: TallyConfig) -> int:
     return server.main(cfg, listen_host=args.listen)
 
 
+def _api(args, cfg: TallyConfig) -> int:
+    from tally.api import app
+
+    app.run(cfg)
+    return 0
+
+
 def _demo(args, cfg: TallyConfig) -> int:
     from tally import demo
 
@@ -158,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(port TALLY_GATEWAY_PORT, keys TALLY_API_KEYS_FILE)")
     gateway.add_argument("--listen", help="address to listen on (default: the config's host)")
     gateway.set_defaults(func=_gateway)
+
+    api = sub.add_parser("api", help="Prometheus-compatible query API (PromQL subset) on the configured api port "
+                                     "(TALLY_API_PORT)")
+    api.set_defaults(func=_api)
 
     demo = sub.add_parser("demo", help="send demo traffic and print the buckets it produced")
     demo.add_argument("--seconds", type=float, default=30)
