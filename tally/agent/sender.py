@@ -73,6 +73,7 @@ class Sender(threading.Thread):
         self.queue: queue.Queue = queue.Queue()
         self._producer: AgentProducer | None = None
         self._next_try = 0.0
+        self._tick_due: int | None = None
         self._stopping = threading.Event()
         for name in ("points_flushed", "points_spooled", "spool_dropped", "points_replayed", "batches_failed"):
             stats.setdefault(name, 0)
@@ -121,11 +122,19 @@ class Sender(threading.Thread):
                 self._to_spool(batch)
             else:
                 self.stats["points_flushed"] += len(batch.points)
-        if tick_ms is not None and not len(self.spool) and self._producer is not None:
-            try:
-                self._producer.tick(tick_ms)
-            except Exception as exc:  # noqa: BLE001 - a lost tick only delays event time
-                log.warning("watermark tick failed: %s", exc)
+        if tick_ms is not None:
+            self._tick_due = tick_ms
+        self._send_tick()
+
+    def _send_tick(self) -> None:
+        """Send the newest tick asked for, unless spooled points would make it a lie."""
+        if self._tick_due is None or len(self.spool) or self._producer is None:
+            return
+        try:
+            self._producer.tick(self._tick_due)
+            self._tick_due = None
+        except Exception as exc:  # noqa: BLE001 - a lost tick only delays event time
+            log.warning("watermark tick failed: %s", exc)
 
     def _try(self, batch: Batch) -> bool:
         if self._producer is None:
@@ -174,9 +183,8 @@ class Sender(threading.Thread):
             self.stats["points_replayed"] += len(batch.points)
             self.stats["points_flushed"] += len(batch.points)
             self._update_spool_stats()
-            if not self.queue.empty() and self._stopping.is_set():
-                continue
         self._update_spool_stats()
+        self._send_tick()
 
     def _update_spool_stats(self) -> None:
         self.stats["spool_bytes"] = self.spool.bytes
