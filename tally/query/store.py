@@ -1,0 +1,283 @@
+"""The query engine's storage over Cassandra (all buckets) and Redis (recent buckets).
+
+Reads, per series and tier, the buckets with start in [start, end]:
+
+- **Split point.**  Redis keeps a tier's buckets of the last ``window_seconds``
+  (schemas/redis.json): the sink writes every bucket younger than that (by its wall clock)
+  and trims only older ones.  So with ``split = now - window + margin`` every bucket at or
+  after ``split`` is in Redis and the range is read as Cassandra ``[start, split)`` +
+  Redis ``[split, end]``: disjoint by bucket start, so nothing is counted twice, and
+  adjacent, so nothing is missed.  ``margin`` (2 s) absorbs a sink clock slightly ahead.
+- **Redis down** (connection refused, timeout): the Redis part is read from Cassandra too,
+  a warning says so, and Redis is not tried again for ``redis_retry_s``.
+- **Dense reads.**  One prepared statement per (tier, columns) reads a whole partition
+  slice per request (never a query per bucket); partitions of all series are read
+  concurrently (bounded), decoded by the driver's NumPy protocol handler straight into
+  arrays; only the columns the query needs are selected.  Redis: one pipelined
+  ``ZRANGE BYSCORE`` per series, members parsed in one orjson call.
+- **Series index** (``<keyspace>.series``): per (tenant, name) partition, cached for
+  ``index_ttl_s`` seconds; metric names from ``SELECT DISTINCT``.  Every statement binds
+  the tenant, so no read reaches another tenant's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+import orjson
+
+from tally.config import TallyConfig
+from tally.query.storage import Buckets, SeriesMeta
+from tally.schema import bucket_table, redis_layout
+from tally.tiers import DEFAULT_TIERS, Tier, partition_start_ms
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BucketStore"]
+
+# Column order of a Redis bucket member (schemas/redis.json "member").
+_MEMBER_FIELDS = ("ts", "count", "sum", "min", "max", "last", "last_ts", "sketch")
+
+
+class BucketStore:
+    """:class:`tally.query.storage.Storage` over Cassandra + Redis (see module docstring)."""
+
+    def __init__(self, cfg: TallyConfig, tiers: Sequence[Tier] = DEFAULT_TIERS, *, max_in_flight: int = 256,
+                 index_ttl_s: float = 5.0, redis_margin_ms: int = 2000, redis_retry_s: float = 5.0,
+                 use_redis: bool = True, clock=time.time):
+        self.cfg = cfg
+        self.keyspace = cfg.keyspace
+        self.tiers = {t.name: t for t in tiers}
+        self.max_in_flight = max_in_flight
+        self.index_ttl_s = index_ttl_s
+        self.redis_margin_ms = redis_margin_ms
+        self.redis_retry_s = redis_retry_s
+        self.use_redis = use_redis
+        self.clock = clock
+        layout = redis_layout()["keys"]["bucket"]
+        self._redis_pattern = layout["pattern"]
+        self._redis_window_ms = {t: s * 1000 for t, s in layout["window_seconds"].items()}
+        self._cluster = self._session = self._np_session = None
+        self._redis = None
+        self._redis_down_until = 0.0
+        self._statements: dict = {}
+        self._index_cache: dict = {}
+        self._names_cache: dict = {}
+        self._lock = asyncio.Lock()
+        self.reads = {"cassandra_partitions": 0, "redis_keys": 0, "redis_fallbacks": 0}
+
+    # -- connections --------------------------------------------------------------------------
+
+    async def _connect(self):
+        async with self._lock:
+            if self._session is None:
+                await asyncio.to_thread(self._connect_sync)
+
+    def _connect_sync(self):
+        from cassandra.cluster import ExecutionProfile
+        from cassandra.policies import RoundRobinPolicy
+        from cassandra.protocol import NumpyProtocolHandler
+        from cassandra.query import tuple_factory
+
+        from tally.cql import connect
+
+        cluster, session = connect(self.cfg)
+        cluster.add_execution_profile("numpy", ExecutionProfile(
+            load_balancing_policy=RoundRobinPolicy(), row_factory=tuple_factory, request_timeout=10))
+        np_session = cluster.connect()
+        np_session.client_protocol_handler = NumpyProtocolHandler
+        self._cluster, self._session, self._np_session = cluster, session, np_session
+        try:
+            self._index_stmt = session.prepare(
+                f"SELECT sid, tags, mtype FROM {self.keyspace}.series WHERE tenant = ? AND name = ?")
+            self._has_mtype = True
+        except Exception:  # an index created before the mtype column: every series is a gauge
+            self._index_stmt = session.prepare(
+                f"SELECT sid, tags FROM {self.keyspace}.series WHERE tenant = ? AND name = ?")
+            self._has_mtype = False
+
+    def _redis_client(self):
+        if self._redis is None:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(self.cfg.redis_url, socket_timeout=2, socket_connect_timeout=1)
+        return self._redis
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self._cluster is not None:
+            await asyncio.to_thread(self._cluster.shutdown)
+            self._cluster = self._session = self._np_session = None
+
+    async def _execute(self, session, stmt, params, profile=None):
+        from sinks.aio import callback_future
+
+        kwargs = {"execution_profile": profile} if profile else {}
+        future = session.execute_async(stmt, params, **kwargs)
+        return await callback_future(future.add_callbacks)
+
+    # -- series index -------------------------------------------------------------------------
+
+    async def metric_names(self, tenant: str) -> list[str]:
+        await self._connect()
+        hit = self._names_cache.get(tenant)
+        now = time.monotonic()
+        if hit and now - hit[0] < self.index_ttl_s:
+            return hit[1]
+        stmt = f"SELECT DISTINCT tenant, name FROM {self.keyspace}.series"
+        rows = await asyncio.to_thread(lambda: list(self._session.execute(stmt)))
+        names = sorted({r.name for r in rows if r.tenant == tenant})
+        self._names_cache[tenant] = (now, names)
+        return names
+
+    async def series(self, tenant: str, name: str) -> list[SeriesMeta]:
+        await self._connect()
+        key = (tenant, name)
+        hit = self._index_cache.get(key)
+        now = time.monotonic()
+        if hit and now - hit[0] < self.index_ttl_s:
+            return hit[1]
+        rows = await self._execute(self._session, self._index_stmt, (tenant, name))
+        metas = [SeriesMeta(r.sid, name, tuple(sorted((r.tags or {}).items())),
+                            getattr(r, "mtype", None) if self._has_mtype else None) for r in rows]
+        self._index_cache[key] = (now, metas)
+        return metas
+
+    # -- buckets ------------------------------------------------------------------------------
+
+    async def buckets(self, tenant, tier, metas, start_ms, end_ms, columns, latest_only=False):
+        await self._connect()
+        columns = sorted(columns)
+        warnings: list[str] = []
+        window = self._redis_window_ms.get(tier.name)
+        split = int(self.clock() * 1000) - window + self.redis_margin_ms if window else None
+        use_redis = (self.use_redis and split is not None and end_ms >= split
+                     and time.monotonic() >= self._redis_down_until)
+        redis_part: dict = {}
+        cass_end = end_ms
+        if use_redis:
+            r_start = max(start_ms, split)
+            try:
+                redis_part = await self._read_redis(tenant, tier, metas, r_start, end_ms, columns, latest_only)
+                cass_end = r_start - 1
+            except Exception as exc:  # redis.exceptions.ConnectionError / TimeoutError and OSError
+                self._redis_down_until = time.monotonic() + self.redis_retry_s
+                self.reads["redis_fallbacks"] += 1
+                log.warning("Redis read failed (%r): reading recent buckets from Cassandra", exc)
+                warnings.append("redis unavailable: recent buckets read from Cassandra")
+        elif self.use_redis and split is not None and end_ms >= split:
+            warnings.append("redis unavailable: recent buckets read from Cassandra")
+        cass_part: dict = {}
+        if cass_end >= start_ms:
+            todo = metas
+            if latest_only:  # the newest bucket came from Redis where it had one
+                todo = [m for m in metas if m.sid not in redis_part]
+            cass_part = await self._read_cassandra(tenant, tier, todo, start_ms, cass_end, columns, latest_only)
+        out = {}
+        for meta in metas:
+            a, b = cass_part.get(meta.sid), redis_part.get(meta.sid)
+            if a is not None and b is not None:
+                out[meta.sid] = Buckets(np.concatenate([a.ts, b.ts]),
+                                        {c: np.concatenate([a.cols[c], b.cols[c]]) for c in columns})
+            elif a is not None or b is not None:
+                out[meta.sid] = a if a is not None else b
+        return out, warnings
+
+    def _statement(self, tier: Tier, columns: tuple, latest_only: bool):
+        key = (tier.name, columns, latest_only)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            cql = (f"SELECT ts, {', '.join(columns)} FROM {self.keyspace}.{bucket_table(tier)} "
+                   "WHERE tenant = ? AND sid = ? AND part = ? AND ts >= ? AND ts <= ?")
+            if latest_only:
+                cql += " ORDER BY ts DESC LIMIT 1"
+            stmt = self._np_session.prepare(cql)
+            stmt.is_idempotent = True
+            self._statements[key] = stmt
+        return stmt
+
+    async def _read_cassandra(self, tenant, tier, metas, start_ms, end_ms, columns, latest_only) -> dict:
+        if not metas:
+            return {}
+        stmt = self._statement(tier, tuple(columns), latest_only)
+        first, last = partition_start_ms(start_ms, tier), partition_start_ms(end_ms, tier)
+        parts = list(range(first, last + 1, tier.partition_ms))
+        if latest_only:
+            parts = parts[::-1]
+        gate = asyncio.Semaphore(self.max_in_flight)
+
+        async def read(meta: SeriesMeta, part: int):
+            async with gate:
+                rs = await self._execute(self._np_session, stmt, (tenant, meta.sid, part, start_ms, end_ms), "numpy")
+                pages = [rs.current_rows]
+                while rs.has_more_pages:
+                    rs = await asyncio.to_thread(lambda: (rs.fetch_next_page(), rs)[1])
+                    pages.append(rs.current_rows)
+                return pages
+
+        jobs = [(meta, part) for meta in metas for part in parts]
+        self.reads["cassandra_partitions"] += len(jobs)
+        results = await asyncio.gather(*(read(m, p) for m, p in jobs))
+        per_sid: dict = {}
+        for (meta, part), pages in zip(jobs, results):
+            for page in pages:
+                if page and len(page["ts"]):
+                    per_sid.setdefault(meta.sid, []).append(page)
+        out = {}
+        for sid, pages in per_sid.items():
+            if latest_only:
+                pages = pages[:1]  # newest partition first
+            ts = np.concatenate([np.ma.getdata(p["ts"]) for p in pages]).astype(np.int64)
+            cols = {}
+            for c in columns:
+                arrs = [p[c] for p in pages]
+                if c == "sketch":
+                    cols[c] = np.concatenate([np.asarray(a, dtype=object) for a in arrs])
+                else:
+                    cols[c] = np.concatenate([np.ma.filled(a.astype(float), np.nan) for a in arrs])
+            if len(pages) > 1 and np.any(np.diff(ts) < 0):
+                order = np.argsort(ts, kind="stable")
+                ts = ts[order]
+                cols = {c: v[order] for c, v in cols.items()}
+            out[sid] = Buckets(ts, cols)
+        return out
+
+    async def _read_redis(self, tenant, tier, metas, start_ms, end_ms, columns, latest_only) -> dict:
+        if not metas:
+            return {}
+        client = self._redis_client()
+        pipe = client.pipeline(transaction=False)
+        for meta in metas:
+            key = self._redis_pattern.format(keyspace=self.keyspace, tier=tier.name, tenant=tenant, sid=meta.sid)
+            if latest_only:
+                pipe.zrange(key, end_ms, start_ms, byscore=True, desc=True, offset=0, num=1)
+            else:
+                pipe.zrange(key, start_ms, end_ms, byscore=True)
+        self.reads["redis_keys"] += len(metas)
+        replies = await pipe.execute()
+        out = {}
+        idx = {f: i for i, f in enumerate(_MEMBER_FIELDS)}
+        for meta, members in zip(metas, replies):
+            if not members:
+                continue
+            rows = orjson.loads(b"[" + b",".join(members) + b"]")
+            rows.sort(key=lambda r: r[0])
+            ts = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            cols = {}
+            for c in columns:
+                i = idx[c]
+                if c == "sketch":
+                    arr = np.empty(len(rows), dtype=object)
+                    arr[:] = [base64.b64decode(r[i]) if r[i] else None for r in rows]
+                    cols[c] = arr
+                else:
+                    cols[c] = np.fromiter((r[i] for r in rows), dtype=float, count=len(rows))
+            out[meta.sid] = Buckets(ts, cols)
+        return out
