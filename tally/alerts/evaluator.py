@@ -20,6 +20,7 @@ from tally.alerts.payload import alerts_data, rules_data, webhook_payload
 from tally.alerts.rules import RuleGroup, load_rule_files
 from tally.alerts.state import FIRING, RESOLVED, RuleState
 from tally.alerts.webhook import WebhookSender
+from tally.auth import AuthError
 from tally.config import TallyConfig
 
 log = logging.getLogger(__name__)
@@ -137,17 +138,26 @@ class AlertEvaluator:
         def tenant(request):
             return tenant_of(request) if tenant_of else None
 
-        async def rules(request: web.Request) -> web.Response:
+        def checked(fn):
+            async def handler(request: web.Request) -> web.Response:
+                try:
+                    return await fn(request, tenant(request))
+                except AuthError as exc:
+                    return web.json_response({"status": "error", "errorType": "bad_data" if exc.status == 400
+                                              else "unauthorized", "error": exc.message}, status=exc.status)
+            return handler
+
+        async def rules(request: web.Request, tenant_name: str | None) -> web.Response:
             kind = request.query.get("type")
             if kind not in (None, "", "alert", "record"):
                 return web.json_response({"status": "error", "errorType": "bad_data",
                                           "error": f"unsupported type {kind!r}: expected alert or record"},
                                          status=400)
-            data = rules_data([(g, iv, sts) for g, iv, _t, sts in self._groups_of(tenant(request))], kind or None)
+            data = rules_data([(g, iv, sts) for g, iv, _t, sts in self._groups_of(tenant_name)], kind or None)
             return web.json_response({"status": "success", "data": data})
 
-        async def alerts(request: web.Request) -> web.Response:
-            states = [st for _g, _iv, _t, sts in self._groups_of(tenant(request)) for st in sts]
+        async def alerts(request: web.Request, tenant_name: str | None) -> web.Response:
+            states = [st for _g, _iv, _t, sts in self._groups_of(tenant_name) for st in sts]
             return web.json_response({"status": "success", "data": alerts_data(states)})
 
-        return [web.get("/api/v1/rules", rules), web.get("/api/v1/alerts", alerts)]
+        return [web.get("/api/v1/rules", checked(rules)), web.get("/api/v1/alerts", checked(alerts))]
