@@ -22,7 +22,13 @@ def mount(app: web.Application, cfg: TallyConfig) -> AlertEvaluator:
     from tally.api.app import ENGINE, authorize
 
     engine = app[ENGINE]
-    app.add_routes(dashboard_routes(cfg, engine, tenant_of=authorize))
+    routes, close = dashboard_routes(cfg, engine, tenant_of=authorize)
+    app.add_routes(routes)
+
+    async def close_dashboard(app):
+        await close()
+
+    app.on_cleanup.append(close_dashboard)
     evaluator = AlertEvaluator(cfg, engine)
     app.add_routes(evaluator.routes(tenant_of=authorize))
     app.cleanup_ctx.append(evaluator.cleanup_ctx)

@@ -16,7 +16,9 @@ API-key check as the query API.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import time
 from datetime import datetime
 from typing import Callable
@@ -32,7 +34,7 @@ from tally.promql.parser import parse
 from tally.quality import bucket_status, dq_counters, histogram, ingestion_figures
 from tally.query.resolution import choose_tier
 from tally.sketch import Sketch, SketchDecodeError
-from tally.tiers import DEFAULT_TIERS
+from tally.tiers import DEFAULT_TIERS, partition_start_ms
 
 __all__ = ["dashboard_routes", "BadRequest"]
 
@@ -103,10 +105,55 @@ def _tier(p: dict):
         raise BadRequest(f"invalid parameter 'tier': {exc.args[0] if exc.args else p['tier']}") from None
 
 
+class RepairedReader:
+    """Which buckets the nightly reconciliation rewrote (``repaired_ms`` set), read from
+    Cassandra directly: the engine's storage serves bucket values, and Redis copies never
+    carry the reconciliation column.  Bounded: at most ``max_series`` series per request."""
+
+    def __init__(self, cfg: TallyConfig, max_series: int = 200):
+        self.cfg = cfg
+        self.max_series = max_series
+        self._cluster = self._session = None
+        self._statements: dict = {}
+        self._lock = threading.Lock()
+
+    def _read(self, tenant, tier, sids, start_ms, end_ms) -> list[float]:
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        from tally.cql import connect
+        from tally.schema import bucket_table
+
+        with self._lock:
+            if self._session is None:
+                self._cluster, self._session = connect(self.cfg)
+            stmt = self._statements.get(tier.name)
+            if stmt is None:
+                stmt = self._statements[tier.name] = self._session.prepare(
+                    f"SELECT ts, repaired_ms FROM {self.cfg.keyspace}.{bucket_table(tier)} "
+                    "WHERE tenant = ? AND sid = ? AND part = ? AND ts >= ? AND ts <= ?")
+        parts = range(partition_start_ms(start_ms, tier), partition_start_ms(end_ms, tier) + 1, tier.partition_ms)
+        args = [(tenant, sid, part, start_ms, end_ms) for sid in sids for part in parts]
+        results = execute_concurrent_with_args(self._session, stmt, args, concurrency=32, raise_on_first_error=True)
+        return sorted({row.ts / 1000 for _ok, rows in results for row in rows if row.repaired_ms})
+
+    async def starts_s(self, tenant: str, tier, metas, start_ms: int, end_ms: int) -> list[float]:
+        """Starts (epoch seconds) of repaired buckets of these series in [start, end]."""
+        if len(metas) > self.max_series:
+            raise ValueError(f"{len(metas)} series: more than {self.max_series} to check")
+        if not metas:
+            return []
+        return await asyncio.to_thread(self._read, tenant, tier, [m.sid for m in metas], start_ms, end_ms)
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.shutdown()
+            self._cluster = self._session = None
+
+
 def dashboard_routes(cfg: TallyConfig, engine, tenant_of: Callable[[web.Request], str] | None = None,
-                     redis_client=None) -> list:
+                     redis_client=None) -> tuple[list, Callable]:
     """The dashboard's routes over the query engine (``tally.query.engine.QueryEngine``) and
-    its storage.
+    its storage, and an async ``close()`` for the connections they open.
 
     ``tenant_of(request)`` returns the tenant or raises ``tally.auth.AuthError``; by default
     the API-key file of ``cfg`` decides, exactly as for the query API."""
@@ -114,6 +161,7 @@ def dashboard_routes(cfg: TallyConfig, engine, tenant_of: Callable[[web.Request]
     tenant_of = tenant_of or (lambda request: keyring.authorize(request.headers, "read"))
     state = {"redis": redis_client}
     storage = engine.storage
+    repaired_reader = RepairedReader(cfg)
 
     def redis():
         if state["redis"] is None:
@@ -170,31 +218,35 @@ def dashboard_routes(cfg: TallyConfig, engine, tenant_of: Callable[[web.Request]
         counters = dq_counters(await redis().hgetall(quality_key(cfg.keyspace, tenant)))
         finest = DEFAULT_TIERS[0]
         now_ms = int(p["now"] * 1000)
-        recent, _ = await storage.buckets(tenant, finest, metas, now_ms - 900_000, now_ms, {"count"})
+        # The newest 1 s buckets of the last 10 minutes (the Redis part of the tier).
+        recent, _ = await storage.buckets(tenant, finest, metas, now_ms - 600_000, now_ms, {"count"})
         pairs = [(int(ts), float(c)) for b in recent.values() for ts, c in zip(b.ts, b.cols["count"])]
         lag, pps = ingestion_figures(pairs, now_ms, window_s=60, resolution_ms=finest.resolution_ms)
-        repaired, repaired_known = [], True
+        repaired, warnings = [], []
         try:
-            marked, _ = await storage.buckets(tenant, tier, metas, int(p["start"] * 1000), int(p["end"] * 1000),
-                                              {"repaired_ms"})
-            repaired = sorted({int(ts) / 1000 for b in marked.values()
-                               for ts, r in zip(b.ts, b.cols["repaired_ms"]) if r == r and r})
-        except (KeyError, ValueError, TypeError):
-            repaired_known = False  # a storage without the reconciliation column
+            repaired = await repaired_reader.starts_s(tenant, tier, metas, int(p["start"] * 1000), int(p["end"] * 1000))
+        except Exception as exc:  # Cassandra unreachable: the rest of the panel still shows
+            warnings.append(f"repaired buckets unknown: {exc!r}")
         status = bucket_status(p["start"], p["end"], tier.resolution_seconds, cfg.grace_seconds, p["now"], repaired)
         return {"counters": counters, "ingestion_lag_seconds": lag, "points_per_second": pps,
                 "series": len(metas), "tier": tier.name, "grace_seconds": cfg.grace_seconds,
                 "buckets": status, "provisional_from": status["provisional_from"],
-                "repaired_known": repaired_known}
+                "repaired_known": not warnings, "warnings": warnings}
 
     async def index(request: web.Request) -> web.Response:
         return web.Response(body=(STATIC_DIR / "index.html").read_bytes(), content_type="text/html",
                             headers={"Cache-Control": "no-cache"})
 
+    async def close() -> None:
+        repaired_reader.close()
+        if state["redis"] is not None and redis_client is None:
+            await state["redis"].aclose()
+
     h, q = endpoint(hist), endpoint(quality)
-    return [
+    routes = [
         web.get("/", index),
         web.static("/static", STATIC_DIR),
         web.get("/api/v1/tally/histogram", h), web.post("/api/v1/tally/histogram", h),
         web.get("/api/v1/tally/quality", q), web.post("/api/v1/tally/quality", q),
     ]
+    return routes, close

@@ -28,7 +28,8 @@ def _refs(path):
 
 def _app(engine=None):
     app = web.Application()
-    app.add_routes(dashboard_routes(TallyConfig(), engine or QueryEngine(TallyConfig(), MemoryStorage())))
+    routes, _close = dashboard_routes(TallyConfig(), engine or QueryEngine(TallyConfig(), MemoryStorage()))
+    app.add_routes(routes)
     return app
 
 

@@ -22,16 +22,20 @@ export function renderQuality(container, q) {
   container.textContent = "";
   const t = document.createElement("table");
   const lag = q.ingestion_lag_seconds;
-  row(t, "Ingestion lag (now − newest 1 s bucket)", lag === null ? "no recent data" : `${fmt(lag)} s`, "lag");
-  row(t, "Points per second (last minute)", fmt(q.points_per_second), "pps");
-  row(t, "Late within grace (accepted)", fmt(q.counters.late_within_grace ?? 0), "late_within_grace");
+  row(t, "Ingestion lag (now − newest 1 s bucket)", lag === null ? "no data in the last 10 min" : `${fmt(lag)} s`, "lag");
+  row(t, `Points per second (last minute, ${q.series} series)`, fmt(q.points_per_second), "pps");
+  if (q.counters.late_within_grace !== null) {
+    row(t, "Late within grace (accepted)", fmt(q.counters.late_within_grace), "late_within_grace");
+  }
   row(t, "Late beyond grace (1 s tier, to nightly repair)", fmt(q.counters.late_beyond_grace), "late_beyond_grace");
   row(t, "Dropped (rejected)", fmt(q.counters.rejected), "rejected");
   row(t, "Duplicates removed", fmt(q.counters.duplicates_dropped), "duplicates_dropped");
   const st = q.buckets;
   const span = document.createElement("span");
+  const repaired = badge("repaired", q.repaired_known ? `${st.repaired} repaired` : "repaired: unknown");
+  if (!q.repaired_known) repaired.title = q.warnings.join("; ");
   span.append(badge("final", `${st.final} final`), " ", badge("provisional", `${st.provisional} provisional`), " ",
-              badge("repaired", `${st.repaired} repaired`));
+              repaired);
   row(t, `Shown buckets (${q.tier}, grace ${q.grace_seconds} s)`, span, "buckets");
   const since = q.provisional_from === null ? "–" : new Date(q.provisional_from * 1000).toLocaleTimeString();
   row(t, "Provisional from", since, "provisional_from");
