@@ -326,5 +326,8 @@ def make_app(cfg: TallyConfig, engine: QueryEngine | None = None,
 def run(cfg: TallyConfig) -> None:
     """Serve the API on ``cfg.host:cfg.ports.api`` until interrupted (``tally api``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    web.run_app(make_app(cfg), host=cfg.host, port=cfg.ports.api, print=lambda *_: None,
+    from tally.dashboard.mount import mount  # dashboard at /, alert rules + /api/v1/rules|alerts
+    app = make_app(cfg)
+    mount(app, cfg)
+    web.run_app(app, host=cfg.host, port=cfg.ports.api, print=lambda *_: None,
                 access_log=None)

@@ -17,6 +17,7 @@ API-key check as the query API.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -36,7 +37,9 @@ from tally.query.resolution import choose_tier
 from tally.sketch import Sketch, SketchDecodeError
 from tally.tiers import DEFAULT_TIERS, partition_start_ms
 
-__all__ = ["dashboard_routes", "BadRequest"]
+__all__ = ["dashboard_routes", "BadRequest", "RepairedReader"]
+
+log = logging.getLogger(__name__)
 
 MAX_SKETCHES = 200_000  # buckets merged by one histogram request; beyond: 422 with a hint
 
@@ -179,6 +182,11 @@ def dashboard_routes(cfg: TallyConfig, engine, tenant_of: Callable[[web.Request]
                 return _error(exc.status, "bad_data" if exc.status == 400 else "unauthorized", exc.message)
             except BadRequest as exc:
                 return _error(400, "bad_data", str(exc))
+            except PromQLError as exc:
+                return _error(exc.status, exc.error_type, str(exc))
+            except Exception as exc:  # storage unreachable or failing: say so, in the envelope
+                log.warning("%s failed: %r", request.path, exc)
+                return _error(503, "unavailable", f"storage error: {exc}")
             return web.json_response({"status": "success", "data": data})
         return handler
 
