@@ -84,7 +84,7 @@ class TallyConfig:
     salt_buckets: int = 4  # phase-1 shards per series (hot-key spreading)
     dedup_state_ttl_hours: int = 168  # forget producers silent this long
     checkpoint_interval_seconds: int = 10
-    sink_concurrency: int = 64  # in-flight bucket writes per sink subtask
+    sink_batch_shards: int = 8  # bucket batches per (tier, tenant, window): sink record size
     # HTTP API keys (tally.auth YAML); None = authentication off, tenant from X-Scope-OrgID.
     api_keys_file: Path | None = None
     # Ingestion limits (tally.limits.Limits.from_config reads every limit_* field).
@@ -128,6 +128,7 @@ class TallyConfig:
     agent_flush_interval_seconds: float = 1.0
     agent_spool_max_mb: int = 512  # per worker; beyond it new batches are dropped (spool_dropped)
     agent_kafka_retry_seconds: float = 5.0  # Kafka unreachable: try again this often
+    agent_udp_receive_buffer_bytes: int = 16 * 1024 * 1024  # absorbs bursts; 0 = kernel default
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TallyConfig":
@@ -162,6 +163,8 @@ class TallyConfig:
             agent_tenant=env.get("TALLY_AGENT_TENANT", cls.agent_tenant),
             agent_workers=_env_int(env, "TALLY_AGENT_WORKERS", cls.agent_workers),
             agent_spool_max_mb=_env_int(env, "TALLY_AGENT_SPOOL_MAX_MB", cls.agent_spool_max_mb),
+            agent_udp_receive_buffer_bytes=_env_int(env, "TALLY_AGENT_UDP_RECEIVE_BUFFER_BYTES",
+                                                    cls.agent_udp_receive_buffer_bytes),
             archive_uri=env.get("TALLY_ARCHIVE_URI", cls.archive_uri),
             archive_s3_endpoint_url=env.get("TALLY_ARCHIVE_S3_ENDPOINT_URL") or None,
             alert_rules_files=tuple(Path(p) for p in env.get("TALLY_ALERT_RULES_FILES", "").split(os.pathsep) if p),

@@ -30,7 +30,6 @@ from tally.limits import Limits
 
 log = logging.getLogger("tally.agent")
 _RECV_BYTES = 65535
-_RCVBUF_BYTES = 16 * 1024 * 1024
 
 
 def unix_socket_path(cfg: TallyConfig) -> Path:
@@ -50,21 +49,23 @@ def point_record(f: Flushed, pid: str, seq: int) -> dict:
             "sk": points.sketch_field(f.sketch), "pid": pid, "seq": seq}
 
 
-def _udp_socket(host: str, port: int) -> socket.socket:
+def _udp_socket(host: str, port: int, rcvbuf: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    _big_rcvbuf(sock)
+    _big_rcvbuf(sock, rcvbuf)
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
 
 
-def _big_rcvbuf(sock: socket.socket) -> None:
+def _big_rcvbuf(sock: socket.socket, size: int) -> None:
     # Bursts are absorbed by the kernel buffer; SO_RCVBUFFORCE passes rmem_max when allowed.
+    if size <= 0:
+        return
     try:
-        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), _RCVBUF_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), size)
     except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def _tcp_listener(host: str, port: int) -> socket.socket:
@@ -77,14 +78,14 @@ def _tcp_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _unix_socket(path: Path) -> socket.socket:
+def _unix_socket(path: Path, rcvbuf: int) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.unlink()
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    _big_rcvbuf(sock)
+    _big_rcvbuf(sock, rcvbuf)
     sock.bind(str(path))
     sock.setblocking(False)
     return sock
@@ -115,13 +116,13 @@ class Worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
         cfg = self.cfg
         sel = selectors.DefaultSelector()
-        udp = _udp_socket(cfg.host, cfg.ports.statsd)
+        udp = _udp_socket(cfg.host, cfg.ports.statsd, cfg.agent_udp_receive_buffer_bytes)
         tcp = _tcp_listener(cfg.host, cfg.ports.statsd)
         sel.register(udp, selectors.EVENT_READ, "udp")
         sel.register(tcp, selectors.EVENT_READ, "tcp")
         unix = None
         if self.index == 0:
-            unix = _unix_socket(unix_socket_path(cfg))
+            unix = _unix_socket(unix_socket_path(cfg), cfg.agent_udp_receive_buffer_bytes)
             sel.register(unix, selectors.EVENT_READ, "udp")
         self.sender.start()
         interval = cfg.agent_flush_interval_seconds

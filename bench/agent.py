@@ -1,0 +1,237 @@
+"""bench/agent.py: highest UDP lines/s the agent sustains with <= 0.1 % loss, next to Etsy's StatsD.
+
+Workload (the issue's): 1,000 series - 500 tagged counters, 300 timers, 200 gauges - lines
+drawn 50 % counters / 30 % timers / 20 % gauges, 20 lines per datagram, sent from 16 UDP
+sockets (distinct source ports, so SO_REUSEPORT spreads them over the agent's workers) at a
+paced offered rate that steps up (default 100k, 200k, ... lines/s, 10 s per step).  Loss per
+step = 1 - received / sent, where received is the daemon's own count of lines: the agent's
+``tally_agent_received_lines_total`` on /metrics, the reference's ``statsd.metrics_received``
+summed over its flushes by bench/statsd_count_backend.js (read on its management port).
+The highest step with loss <= 0.1 % is each daemon's figure.
+
+Both daemons run with the kernel's default UDP receive buffer (the agent's
+``agent_udp_receive_buffer_bytes`` is set to 0 here) so neither hides a deficit in a big
+buffer.  The agent flushes its 1 s aggregates to the real Kafka of the local stack, on a
+private topic removed at the end.  The reference is the npm package ``statsd`` 0.9.0
+installed by ``./dev setup`` under ``<TALLY_HOME>/npm`` (a single Node.js process).
+
+    .venv/bin/python bench/agent.py [--step-seconds 10] [--rates 100000,200000,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from tally.config import REPO_ROOT, TallyConfig
+from tally.producer import delete_topic, ensure_topic
+
+LINES_PER_DATAGRAM = 20
+SOCKETS = 16
+MAX_LOSS = 0.001
+
+
+def workload(seed: int = 42, datagrams: int = 5000) -> list[bytes]:
+    """Pre-encoded datagrams of the mixed load (so the generator only sends)."""
+    rng = random.Random(seed)
+    counters = [f"bench.requests.{i}:{{v}}|c|#service:svc{i % 20},host:host{i % 50},route:/r{i}" for i in range(500)]
+    timers = [f"bench.latency.{i}:{{v}}|ms" for i in range(300)]
+    gauges = [f"bench.queue.{i}:{{v}}|g" for i in range(200)]
+    out = []
+    for _ in range(datagrams):
+        lines = []
+        for _ in range(LINES_PER_DATAGRAM):
+            r = rng.random()
+            if r < 0.5:
+                lines.append(rng.choice(counters).format(v=rng.randint(1, 5)))
+            elif r < 0.8:
+                lines.append(rng.choice(timers).format(v=round(rng.lognormvariate(3, 0.7), 2)))
+            else:
+                lines.append(rng.choice(gauges).format(v=rng.randint(0, 1000)))
+        out.append("\n".join(lines).encode())
+    return out
+
+
+def send_at(port: int, rate_lines: float, seconds: float, datagrams: list[bytes]) -> int:
+    """Send at the offered rate for `seconds`; returns lines actually sent."""
+    socks = []
+    for _ in range(SOCKETS):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(("127.0.0.1", port))
+        socks.append(s)
+    sends = itertools.cycle([s.send for s in socks])
+    payloads = itertools.cycle(datagrams)
+    tick = 0.002
+    per_tick = rate_lines / LINES_PER_DATAGRAM * tick
+    sent = 0
+    acc = 0.0
+    start = time.perf_counter()
+    next_t = start
+    end = start + seconds
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        acc += per_tick
+        n = int(acc)
+        acc -= n
+        for _ in range(n):
+            try:
+                next(sends)(next(payloads))
+                sent += 1
+            except OSError:
+                pass
+        next_t += tick
+        delay = next_t - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -0.2:  # the generator fell behind: do not burst to catch up
+            next_t = time.perf_counter()
+    for s in socks:
+        s.close()
+    return sent * LINES_PER_DATAGRAM
+
+
+def step_up(name: str, port: int, read_received, rates: list[int], step_s: float, datagrams) -> int:
+    """Run the steps; returns the highest offered rate with loss <= MAX_LOSS."""
+    best = 0
+    failures = 0
+    for rate in rates:
+        time.sleep(2.5)
+        before = read_received()
+        t0 = time.perf_counter()
+        sent = send_at(port, rate, step_s, datagrams)
+        elapsed = time.perf_counter() - t0
+        time.sleep(3.0)  # let the daemon report what it took in (flush intervals are 1 s)
+        received = read_received() - before
+        loss = 1 - received / sent if sent else 1.0
+        achieved = sent / elapsed
+        ok = loss <= MAX_LOSS and achieved >= 0.97 * rate
+        print(f"  {name:9s} offered {rate:>9,}/s (sent {achieved:>9,.0f}/s): received {received:>10,} of "
+              f"{sent:>10,} lines, loss {loss * 100:6.3f} %{'' if ok else '  <- over'}", flush=True)
+        if ok:
+            best, failures = rate, 0
+        else:
+            failures += 1
+            if failures >= 2 or achieved < 0.97 * rate:
+                break
+    return best
+
+
+def agent_received(url: str) -> int:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    m = re.search(r"^tally_agent_received_lines_total (\d+)", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def reference_received(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"stats\n")
+        data = b""
+        while b"END" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    m = re.search(rb"tallybench\.metrics_received_total: (\d+)", data)
+    return int(m.group(1)) if m else 0
+
+
+def wait_port(fn, timeout_s=30):
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            return fn()
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--step-seconds", type=float, default=10)
+    parser.add_argument("--rates", default="100000,200000,300000,400000,500000,600000,700000,800000,1000000")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=["agent", "reference"], help="measure only one daemon")
+    args = parser.parse_args(argv)
+    rates = [int(r) for r in args.rates.split(",")]
+    cfg = TallyConfig.from_env()
+    statsd_js = cfg.home / "npm" / "node_modules" / "statsd" / "stats.js"
+    datagrams = workload()
+    print(f"workload: 1,000 series (500 tagged counters, 300 timers, 200 gauges), lines 50 % counters / "
+          f"30 % timers / 20 % gauges, {LINES_PER_DATAGRAM} lines per datagram "
+          f"(~{sum(map(len, datagrams)) // len(datagrams)} bytes), {SOCKETS} sender sockets, "
+          f"{args.step_seconds:g} s per step; pass = loss <= {MAX_LOSS * 100:g} %")
+    print(f"machine: {os.cpu_count()} cores, shared with the local stack (Kafka, Cassandra, Redis, Flink)")
+    run = uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="tally-bench-agent-"))
+    results = {}
+    statsd_port, http_port, ref_port, ref_mgmt = 18325, 18326, 18425, 18426
+
+    if args.only in (None, "agent"):
+        topic, series_topic = f"tally.bench.{run}.points", f"tally.bench.{run}.series"
+        ensure_topic(cfg, topic, cfg.kafka_partitions)
+        ensure_topic(cfg, series_topic, cfg.kafka_partitions)
+        env = {**os.environ, "TALLY_HOME": str(tmp), "TALLY_STATSD_PORT": str(statsd_port),
+               "TALLY_AGENT_HTTP_PORT": str(http_port), "TALLY_POINTS_TOPIC": topic,
+               "TALLY_SERIES_TOPIC": series_topic, "TALLY_AGENT_WORKERS": str(args.workers),
+               "TALLY_AGENT_UDP_RECEIVE_BUFFER_BYTES": "0", "TALLY_KAFKA_PORT": str(cfg.ports.kafka)}
+        proc = subprocess.Popen([sys.executable, "-m", "tally.cli", "agent"], env=env, cwd=REPO_ROOT,
+                                stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{http_port}/metrics"
+        try:
+            wait_port(lambda: agent_received(url))
+            print(f"Tally agent ({args.workers} SO_REUSEPORT workers, 1 s aggregates to Kafka topic {topic}):")
+            results["agent"] = step_up("agent", statsd_port, lambda: agent_received(url), rates,
+                                       args.step_seconds, datagrams)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            delete_topic(cfg, topic)
+            delete_topic(cfg, series_topic)
+
+    if args.only in (None, "reference"):
+        if not statsd_js.exists():
+            print(f"reference StatsD not installed at {statsd_js}: run ./dev setup")
+            return 2
+        conf = tmp / "statsd-config.js"
+        backend = REPO_ROOT / "bench" / "statsd_count_backend.js"
+        conf.write_text("{ port: %d, address: '127.0.0.1', mgmt_port: %d, mgmt_address: '127.0.0.1', "
+                        "flushInterval: 1000, backends: ['%s'] }\n" % (ref_port, ref_mgmt, backend))
+        node = shutil.which("node") or "node"
+        proc = subprocess.Popen([node, str(statsd_js), str(conf)], cwd=statsd_js.parent,
+                                stdout=open(tmp / "reference.log", "w"), stderr=subprocess.STDOUT)
+        try:
+            wait_port(lambda: reference_received(ref_mgmt))
+            print("reference: Etsy StatsD 0.9.0 (npm statsd, one Node.js process):")
+            results["reference"] = step_up("reference", ref_port, lambda: reference_received(ref_mgmt), rates,
+                                           args.step_seconds, datagrams)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    print()
+    for name, best in results.items():
+        print(f"{name:9s} highest rate with <= {MAX_LOSS * 100:g} % loss: {best:,} lines/s")
+    if len(results) == 2 and results["reference"]:
+        print(f"ratio agent / reference: {results['agent'] / results['reference']:.2f}x (target >= 2x)")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
