@@ -350,6 +350,30 @@ class Archiver:
         self._consumer.close()
 
 
+def topic_configs(cfg: TallyConfig) -> dict[str, str]:
+    """Kafka topic settings the archive relies on: the points topic keeps
+    ``kafka_retention_hours`` (7 days), the archive keeps everything older
+    (pass to ``tally.producer.ensure_topic(..., configs=...)`` when creating the topic)."""
+    return {"retention.ms": str(cfg.kafka_retention_hours * 3_600_000)}
+
+
+def lag(cfg: TallyConfig) -> dict[int, int]:
+    """Records of the points topic not yet archived, per partition (end offset minus the
+    archive group's committed offset)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=cfg.archive_group,
+                             client_id="tally-archive-lag", enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(cfg.points_topic, p) for p in sorted(consumer.partitions_for_topic(cfg.points_topic) or ())]
+        ends = consumer.end_offsets(tps) if tps else {}
+        starts = consumer.beginning_offsets(tps) if tps else {}
+        return {tp.partition: ends[tp] - (consumer.committed(tp) if consumer.committed(tp) is not None else starts[tp])
+                for tp in tps}
+    finally:
+        consumer.close()
+
+
 def run(cfg: TallyConfig, once: bool = False, stop: threading.Event | None = None) -> ArchiveStats:
     """Build an archiver for ``cfg``, run it, close it; returns its stats."""
     archiver = Archiver(cfg)

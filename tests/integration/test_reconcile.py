@@ -6,10 +6,12 @@ injected; a second run repairs nothing."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
 import json
 import random
+import shutil
 import time
 
 import pytest
@@ -116,7 +118,7 @@ def _assert_equal_truth(cfg, series, truth):
     return sketches
 
 
-def test_reconcile_repairs_injected_drift_and_late_points(pipeline, tmp_path):
+def test_reconcile_repairs_injected_drift_and_late_points(pipeline, tmp_path, capfd):
     stream_cfg, _job = pipeline
     cfg = dataclasses.replace(stream_cfg, home=tmp_path / "home", archive_uri=str(tmp_path / "archive"),
                               archive_group=stream_cfg.consumer_group + "-archive", archive_segment_records=1000)
@@ -171,6 +173,7 @@ def test_reconcile_repairs_injected_drift_and_late_points(pipeline, tmp_path):
     assert report.repaired == len(want_missing) + len(want_drifted)
     assert report.duplicates == 40 and report.rejected == 0 and report.unexpected == 0
     assert report.largest_drift is not None and report.largest_drift["relative"] > 0
+    assert report.notes == []  # the archive had caught up with the topic
     assert set(report.by_tier) == {t.name for t in DEFAULT_TIERS}
 
     # Every bucket of every tier equals the ground truth, late points included.
@@ -191,6 +194,19 @@ def test_reconcile_repairs_injected_drift_and_late_points(pipeline, tmp_path):
     again, _ = job.run(cfg, period)
     print("second run:\n" + "\n".join(again.lines()))
     assert (again.checked, again.missing, again.drifted, again.repaired) == (len(truth), 0, 0, 0)
+
+    # The same job on the Flink cluster (flink run -py reconcile/job.py), checking only.
+    before = capfd.readouterr().out
+    args = argparse.Namespace(date=f"{DAY}", hours=None, dry_run=True, schedule=None, keyspace=None,
+                              archive_uri=None, on_cluster=True)
+    try:
+        assert job.execute(args, dataclasses.replace(cfg, home=stream_cfg.home)) == 0
+    finally:
+        shutil.rmtree(stream_cfg.data_dir / "reconcile" / cfg.keyspace, ignore_errors=True)
+    out = capfd.readouterr().out
+    with capfd.disabled():
+        print(before + "on the cluster:\n" + out)
+    assert f"buckets checked {len(truth)}, missing 0, drifted 0, repaired 0" in out
 
 
 def test_hours_limit_the_period_and_tiers():
