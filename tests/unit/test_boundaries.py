@@ -8,7 +8,8 @@ PURE = ["tally.series", "tally.sketch", "tally.bucketpack", "tally.aggregate", "
         "tally.alerts.rules", "tally.alerts.template", "tally.alerts.state", "tally.alerts.payload",
         "tally.promql.parser", "tally.promql.evaluator", "tally.promql.views", "tally.promql.sketches",
         "tally.query.resolution", "tally.query.cache", "tally.query.storage", "tally.query.engine",
-        "tally.statsd", "tally.agent.aggregator", "tally.agent.spool"]
+        "tally.statsd", "tally.agent.aggregator", "tally.agent.spool",
+        "tally.archive", "reconcile.sql", "reconcile.diff"]
 ENGINES = ["pyflink", "cassandra", "redis", "kafka"]
 
 
