@@ -91,6 +91,7 @@ class BucketStore:
             load_balancing_policy=RoundRobinPolicy(), row_factory=tuple_factory, request_timeout=10))
         np_session = cluster.connect()
         np_session.client_protocol_handler = NumpyProtocolHandler
+        np_session.default_fetch_size = None
         self._cluster, self._session, self._np_session = cluster, session, np_session
         try:
             self._index_stmt = session.prepare(
@@ -215,12 +216,10 @@ class BucketStore:
 
         async def read(meta: SeriesMeta, part: int):
             async with gate:
-                rs = await self._execute(self._np_session, stmt, (tenant, meta.sid, part, start_ms, end_ms), "numpy")
-                pages = [rs.current_rows]
-                while rs.has_more_pages:
-                    rs = await asyncio.to_thread(lambda: (rs.fetch_next_page(), rs)[1])
-                    pages.append(rs.current_rows)
-                return pages
+                # No paging (default_fetch_size None): a partition holds at most 8640 buckets.
+                page = await self._execute(self._np_session, stmt, (tenant, meta.sid, part, start_ms, end_ms),
+                                           "numpy")
+                return [page] if isinstance(page, dict) else []
 
         jobs = [(meta, part) for meta in metas for part in parts]
         self.reads["cassandra_partitions"] += len(jobs)
