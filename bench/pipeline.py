@@ -3,9 +3,13 @@
 Prints, with the workload next to the figures:
 - baseline: bare Flink SQL datagen → 1 s TUMBLE (COUNT/SUM/MIN/MAX by key) → blackhole on the
   same cluster, same parallelism, rows/s;
-- throughput: a backlog of points (>= 10,000 series, Zipf-skewed so a few are hot) is put in
-  Kafka first, then the job drains it; points/s read by the job while draining, and the
-  ratio to the baseline; then the time until every 1 s bucket is in Cassandra;
+- throughput: a backlog of points (>= 10,000 series, Zipf-skewed so a few are hot, from
+  several producers, with as many points per second of event time as the live rate it
+  stands for) is put in Kafka first, then the job drains it: once with a sink that discards
+  the buckets in Java (the SQL stages alone), once for real; points/s read, points/s and
+  bucket rows/s until every bucket is in Cassandra, the ratio to the baseline, and the CPU
+  seconds each stack process used (points per CPU-second = points/s per core, which a
+  noisy shared machine does not distort);
 - freshness: live traffic at a steady rate with event time = now; for probe buckets, the
   time from the bucket's end (event time) until it is readable in Redis and in Cassandra,
   p50 / p99.
@@ -20,8 +24,8 @@ import argparse
 import base64
 import dataclasses
 import json
+import os
 import random
-import statistics
 import subprocess
 import sys
 import threading
@@ -140,36 +144,48 @@ class PointFactory:
                 f'"min":{v}.0,"max":{v}.0,"last":{v}.0,"sk":{sk},"pid":"{pid}","seq":{seq}}}').encode()
 
 
-def fill_backlog(cfg, factory, points, event_seconds):
-    producer = PointProducer(cfg, producer_id=f"bench-{uuid.uuid4().hex[:8]}")
+def fill_backlog(cfg, factory, points, event_seconds, producers=16):
+    """Put ``points`` points over ``event_seconds`` of event time (starting an hour ago)
+    into the topic, as if ``producers`` agents had sent them (each its own producer id and
+    sequence, points dealt round-robin), then a watermark tick past the end."""
+    run = uuid.uuid4().hex[:8]
+    agents = [PointProducer(cfg, producer_id=f"bench-{run}-{k}") for k in range(producers)]
     for s, t in zip(factory.series, factory.types):
-        producer.register(s, t)
+        agents[0].register(s, t)
     start_ms = (int(time.time() * 1000) - 3_600_000) // 1000 * 1000
     t0 = time.monotonic()
     for n in range(points):  # pre-encoded records: the bench measures the job, not the encoder
         i = factory.pick()
         ts = start_ms + (n * event_seconds * 1000) // points
-        producer.send_encoded(factory.series[i].id, factory.record(i, ts, producer.producer_id, producer.next_seq()))
-    producer.tick(start_ms + event_seconds * 1000 + 10_000)
-    producer.flush(timeout_s=300)
-    producer.close()
+        agent = agents[n % producers]
+        agent.send_encoded(factory.series[i].id, factory.record(i, ts, agent.producer_id, agent.next_seq()))
+    for agent in agents:
+        agent.tick(start_ms + event_seconds * 1000 + 10_000)
+        agent.flush(timeout_s=300)
+        agent.close()
     return time.monotonic() - t0, start_ms
 
 
-def vertex_records(cfg, job_id, name_part, metric):
-    """A vertex's record counter (sum over subtasks)."""
+def buckets_written(cfg, job_id):
+    """Bucket rows the sink has written to Cassandra (its buckets_written_<tier> counters)."""
     for v in rest(cfg, f"/jobs/{job_id}")["vertices"]:
-        if name_part in v["name"]:
-            return v["metrics"][metric]
-    raise RuntimeError(f"no vertex matching {name_part!r}")
+        if "bucket-sink" in v["name"]:
+            names = [m["id"] for m in rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/metrics")
+                     if ".tally.buckets_written_" in m["id"]]
+            total = 0
+            for name in names:
+                got = rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics?get={urllib.parse.quote(name)}&agg=sum")
+                total += int(float(got[0]["sum"])) if got else 0
+            return total
+    raise RuntimeError("no bucket-sink vertex")
 
 
 def wait_sink_settled(cfg, job_id, quiet_s=8, timeout_s=900):
-    """Wait until the bucket sink has taken no new row for quiet_s; (time, rows)."""
+    """Wait until the bucket sink has written no new row for quiet_s; (time, rows)."""
     last, last_change = -1, time.monotonic()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rows = vertex_records(cfg, job_id, "bucket-sink", "read-records")
+        rows = buckets_written(cfg, job_id)
         if rows != last:
             last, last_change = rows, time.monotonic()
         elif time.monotonic() - last_change >= quiet_s:
@@ -229,21 +245,74 @@ def live_freshness(cfg, factory, rate, seconds):
     return list(redis_fresh.values())[3:], list(cass_fresh.values())[3:]  # skip warm-up buckets
 
 
+def stack_cpu_seconds(cfg):
+    """CPU seconds (user + system) used so far by each stack process and its descendants
+    (the TaskManager's Python workers count as the TaskManager's).  Robust to a shared,
+    noisy machine, unlike wall-clock rates: points per CPU-second is points/s per core."""
+    tck = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tck)
+    children = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    out = {}
+    for pid_file in sorted(cfg.run_dir.glob("*.pid")):
+        try:
+            root = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        total, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            total += stats.get(pid, (0, 0.0))[1]
+            todo.extend(children.get(pid, []))
+        out[pid_file.stem] = total
+    return out
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))] if values else float("nan")
 
 
+def drain(cfg, base_cfg, points, sink, group):
+    """Run the job over the whole backlog from the start (its own consumer group) with the
+    given sink; returns (read rate, bucket rows, end-to-end seconds, CPU seconds by component)."""
+    run_cfg = dataclasses.replace(cfg, consumer_group=group)
+    cpu0 = stack_cpu_seconds(base_cfg)
+    job_id = jobctl.submit(base_cfg, "aggregate", jobctl.job_flags(run_cfg) + ["--sink", sink])
+    try:
+        rate, samples = measure_rate(run_cfg, job_id, "points", 900, until_total=points + 4)
+        first_read = next(t for t, n in samples if n > 0)
+        if sink == "discard":
+            done_at, rows = samples[-1][0], 0
+        else:
+            done_at, rows = wait_sink_settled(run_cfg, job_id)
+        cpu1 = stack_cpu_seconds(base_cfg)
+    finally:
+        jobctl.cancel(base_cfg, job_id)
+    return rate, rows, done_at - first_read, {k: cpu1.get(k, 0.0) - v for k, v in cpu0.items()}
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=10_000)
-    parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--event-seconds", type=int, default=60, help="event-time span of the backlog")
+    parser.add_argument("--points", type=int, default=3_000_000)
+    parser.add_argument("--event-rate", type=int, default=150_000,
+                        help="points per second of event time in the backlog (the live rate it stands for)")
+    parser.add_argument("--producers", type=int, default=16, help="agents the backlog comes from")
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--baseline-seconds", type=int, default=30)
     parser.add_argument("--live-seconds", type=int, default=60)
     parser.add_argument("--live-rate", type=float, default=5_000, help="live points/s for freshness")
     parser.add_argument("--grace-seconds", type=int, default=1)
+    parser.add_argument("--no-sql-only", action="store_true", help="skip the run with a discarding sink")
     args = parser.parse_args(argv)
 
     base_cfg = TallyConfig.from_env()
@@ -254,44 +323,52 @@ def main(argv):
         late_topic=f"bench.{run}.late", keyspace=f"bench_{run}", consumer_group=f"bench-{run}",
         job_parallelism=args.parallelism, grace_seconds=args.grace_seconds, source_idle_timeout_seconds=0,
     )
-    print(f"workload: {args.series} series (Zipf s=1.1: top series ~{100 / sum(1 / (r + 1) ** 1.1 for r in range(args.series)):.0f} % "
-          f"of points), 70 % counters / 20 % gauges / 10 % timers with sketches; backlog {args.points} points "
-          f"over {args.event_seconds} s of event time; job parallelism {args.parallelism}, grace {args.grace_seconds} s; "
-          f"live {args.live_rate:.0f} points/s for {args.live_seconds} s")
+    event_seconds = max(1, round(args.points / args.event_rate))
+    top_share = 100 / sum(1 / (r + 1) ** 1.1 for r in range(args.series))
+    print(f"workload: {args.series:,} series (Zipf s=1.1: the top series has ~{top_share:.0f} % of the points), "
+          f"70 % counters / 20 % gauges / 10 % timers with sketches; backlog {args.points:,} points from "
+          f"{args.producers} producers over {event_seconds} s of event time ({args.event_rate:,} points per "
+          f"event-second, as a live stream at that rate); {args.parallelism} parallel, grace {args.grace_seconds} s, "
+          f"every stack service on this {os.cpu_count()}-core machine; live {args.live_rate:,.0f} points/s for "
+          f"{args.live_seconds} s for freshness", flush=True)
 
     baseline = run_baseline(base_cfg, args.series, args.parallelism, args.baseline_seconds)
-    print(f"baseline  datagen → TUMBLE 1 s → blackhole ({args.series} keys): {baseline:,.0f} rows/s")
+    print(f"baseline  Flink SQL datagen → TUMBLE 1 s → blackhole ({args.series:,} keys): {baseline:,.0f} rows/s",
+          flush=True)
 
     factory = PointFactory(args.series, random.Random(1))
     try:
         jobctl.prepare(cfg)
-        fill_s, start_ms = fill_backlog(cfg, factory, args.points, args.event_seconds)
-        print(f"backlog   {args.points:,} points produced in {fill_s:.1f}s ({args.points / fill_s:,.0f}/s, before the job)")
-        t_submit = time.monotonic()
-        job_id = jobctl.submit(base_cfg, "aggregate", jobctl.job_flags(cfg))
-        rate, samples = measure_rate(cfg, job_id, "points", 900, until_total=args.points + 4)
-        drained_s = samples[-1][0] - t_submit
-        print(f"tally     read at {rate:,.0f} points/s (steady 10–90 %), all read {drained_s:.0f}s after submit; "
-              f"ratio to baseline {rate / baseline:.2f}")
-        first_read = next(t for t, n in samples if n > 0)
-        done_at, rows = wait_sink_settled(cfg, job_id)
-        print(f"tally     Kafka → Cassandra rows: {args.points:,} points became {rows:,} bucket rows (all tiers) in "
-              f"{done_at - first_read:.0f}s from the first read: {args.points / (done_at - first_read):,.0f} points/s "
-              f"end to end, ratio to baseline {args.points / (done_at - first_read) / baseline:.2f}")
-        # Close the backlog's coarser windows (1 m, 1 h) before measuring live freshness, so
-        # the live buckets do not queue behind them.
-        closer = PointProducer(cfg)
-        closer.tick(int(time.time() * 1000) - 5_000)
-        closer.flush()
-        closer.close()
-        time.sleep(3)
-        settled_at, rows = wait_sink_settled(cfg, job_id)
-        print(f"tally     backlog windows closed: {rows:,} bucket rows in total")
-        live_r, live_c = live_freshness(cfg, factory, args.live_rate, args.live_seconds)
-        print(f"freshness 1 s tier, event-time bucket end → readable (live {args.live_rate:.0f} points/s): "
+        fill_s, start_ms = fill_backlog(cfg, factory, args.points, event_seconds, args.producers)
+        print(f"backlog   {args.points:,} points produced in {fill_s:.1f}s (before the job runs)", flush=True)
+        if not args.no_sql_only:
+            rate, _, _, cpu = drain(cfg, base_cfg, args.points, "discard", cfg.consumer_group + "-sql")
+            print(f"sql only  (buckets discarded in Java): read {rate:,.0f} points/s, ratio to baseline "
+                  f"{rate / baseline:.3f}; CPU s: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items())),
+                  flush=True)
+        rate, rows, seconds, cpu = drain(cfg, base_cfg, args.points, "production", cfg.consumer_group)
+        cpu_total = sum(cpu.values())
+        print(f"tally     read {rate:,.0f} points/s (steady 10–90 %), ratio to baseline {rate / baseline:.3f}", flush=True)
+        print(f"tally     Kafka → Cassandra: {args.points:,} points became {rows:,} bucket rows (all tiers, "
+              f"{rows / args.points:.3f} rows per point) in {seconds:.0f}s from the first read: "
+              f"{args.points / seconds:,.0f} points/s and {rows / seconds:,.0f} rows/s end to end, ratio to "
+              f"baseline {args.points / seconds / baseline:.3f}", flush=True)
+        print(f"tally     CPU seconds while draining: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items()))
+              + f"; {args.points / cpu_total:,.0f} points per CPU-second of the whole stack "
+              f"({args.points / max(cpu.get('flink-taskmanager', 0), 1e-9):,.0f} per TaskManager CPU-second)",
+              flush=True)
+        job_id = jobctl.submit(base_cfg, "aggregate", jobctl.job_flags(cfg))  # resumes after the backlog
+        try:
+            closer = PointProducer(cfg)
+            closer.tick(int(time.time() * 1000) - 5_000)
+            closer.flush()
+            closer.close()
+            live_r, live_c = live_freshness(cfg, factory, args.live_rate, args.live_seconds)
+        finally:
+            jobctl.cancel(base_cfg, job_id)
+        print(f"freshness 1 s tier, event-time bucket end → readable (live {args.live_rate:,.0f} points/s): "
               f"Redis p50 {pct(live_r, .5) / 1000:.2f}s p99 {pct(live_r, .99) / 1000:.2f}s (n={len(live_r)}); "
               f"Cassandra p50 {pct(live_c, .5) / 1000:.2f}s p99 {pct(live_c, .99) / 1000:.2f}s (n={len(live_c)})")
-        jobctl.cancel(base_cfg, job_id)
     finally:
         jobctl.remove_data(cfg)
 

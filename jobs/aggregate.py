@@ -61,15 +61,11 @@ def kafka_source(t_env, cfg: TallyConfig) -> str:
 def production_sink(t_env, buckets, cfg: TallyConfig) -> None:
     """Buckets to Cassandra + Redis and late points to the late topic (one async Python
     sink), series registrations to the series index."""
-    from pyflink.common import Time
     from pyflink.common.typeinfo import Types
-    from pyflink.datastream import AsyncDataStream
 
     from sinks.flink import BucketSink, SeriesIndexSink
 
-    written = AsyncDataStream.unordered_wait(
-        buckets, BucketSink(cfg), Time.seconds(300), capacity=cfg.sink_concurrency, output_type=Types.STRING(),
-    ).name("bucket-sink").uid("bucket-sink")
+    written = buckets.map(BucketSink(cfg), output_type=Types.STRING()).name("bucket-sink").uid("bucket-batch-sink")
     _discard(written, "bucket-sink-end")
 
     t_env.execute_sql(aggsql.kafka_series_ddl(cfg, "series_registrations"))
@@ -77,6 +73,15 @@ def production_sink(t_env, buckets, cfg: TallyConfig) -> None:
     indexed = (registrations.map(SeriesIndexSink(cfg), output_type=Types.STRING())
                .name("series-index-sink").uid("series-index-sink"))
     _discard(indexed, "series-index-end")
+
+
+def discard_sink(t_env, buckets, cfg: TallyConfig) -> None:
+    """Drop every output row in a Java operator: bench/pipeline.py measures the SQL stages
+    alone with it (``--sink discard``); never used for real data."""
+    _discard(buckets, "bucket-discard")
+
+
+SINKS = {"production": production_sink, "discard": discard_sink}
 
 
 def _discard(stream, uid: str) -> None:
@@ -115,9 +120,10 @@ def build(env, source: Source, sink: Sink, cfg: TallyConfig):
     classified = t_env.to_data_stream(t_env.from_path("classified"))
     conf.set("table.exec.mini-batch.enabled", aggsql.JOB_SETTINGS["table.exec.mini-batch.enabled"])
     t_env.create_temporary_view("classified_points", t_env.from_data_stream(classified, _EVENT_TIME_SCHEMA()))
-    for name, query in aggsql.bucket_views("classified_points", salt_buckets=cfg.salt_buckets):
+    for name, query in aggsql.bucket_views("classified_points", salt_buckets=cfg.salt_buckets,
+                                           batch_shards=cfg.sink_batch_shards):
         t_env.create_temporary_view(name, t_env.sql_query(query))
-    buckets = t_env.to_data_stream(t_env.from_path("buckets"))
+    buckets = t_env.to_data_stream(t_env.from_path("sink_batches"))
     sink(t_env, buckets, cfg)
     return buckets
 
@@ -133,27 +139,34 @@ def _EVENT_TIME_SCHEMA():
 
 def parse_config(argv: list[str]) -> TallyConfig:
     """TALLY_* environment settings, overridden by command-line flags."""
+    return parse_args(argv)[0]
+
+
+def parse_args(argv: list[str]) -> tuple[TallyConfig, str]:
+    """(config, sink name) from TALLY_* environment settings and command-line flags."""
     cfg = TallyConfig.from_env()
     parser = argparse.ArgumentParser(prog="jobs/aggregate.py", description=__doc__.splitlines()[0])
     flags = {
         "grace_seconds": int, "source_idle_timeout_seconds": int, "points_topic": str, "series_topic": str,
         "late_topic": str, "keyspace": str, "consumer_group": str, "job_parallelism": int,
-        "salt_buckets": int, "checkpoint_interval_seconds": int, "sink_concurrency": int,
+        "salt_buckets": int, "checkpoint_interval_seconds": int, "sink_batch_shards": int,
     }
     for name, kind in flags.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(cfg, name))
+    parser.add_argument("--sink", choices=sorted(SINKS), default="production",
+                        help="discard: drop the buckets (benchmarking the SQL stages only)")
     args = parser.parse_args(argv)
-    return dataclasses.replace(cfg, **{name: getattr(args, name) for name in flags})
+    return dataclasses.replace(cfg, **{name: getattr(args, name) for name in flags}), args.sink
 
 
 def main(argv: list[str]) -> None:
     from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 
-    cfg = parse_config(argv)
+    cfg, sink = parse_args(argv)
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(cfg.job_parallelism)
     env.enable_checkpointing(cfg.checkpoint_interval_seconds * 1000, CheckpointingMode.EXACTLY_ONCE)
-    build(env, kafka_source, production_sink, cfg)
+    build(env, kafka_source, SINKS[sink], cfg)
     env.execute(job_name(cfg))
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from sinks.aio import callback_future
+from tally.bucketpack import BucketBatch
 from tally.config import TallyConfig
 from tally.cql import connect
 from tally.schema import SINGLE_NODE_REPLICATION, bucket_columns, bucket_table, cql_statements
@@ -125,6 +126,68 @@ class BucketWriter:
             return len(rows_list)
 
         return asyncio.run(run())
+
+    def write_batch(self, tier_name: str, tenant: str, batch: BucketBatch, rows_per_statement: int = 100,
+                    bytes_per_statement: int = 40_000, in_flight: int = 8) -> int:
+        """Upsert a packed batch of one tier and tenant (tally.bucketpack) and wait for all of it.
+
+        Rows go out as UNLOGGED batches of at most ``rows_per_statement`` upserts and about
+        ``bytes_per_statement`` bytes (one request, one future: the driver's per-request
+        cost, not Cassandra, bounded per-row writes; Cassandra refuses batches over
+        ``batch_size_fail_threshold``, 50 KiB by default), at most ``in_flight`` at once.  Each statement is retried with backoff; after max_attempts
+        the error is raised and the job restarts from its checkpoint (upserts make the replay
+        harmless).  Returns the number of rows written."""
+        from cassandra import InvalidRequest
+        from cassandra.query import BatchStatement, BatchType
+
+        tier = self._tiers[tier_name]
+        statement = self._statements[tier_name]
+        written_ms = int(time.time() * 1000)
+        width = tier.partition_seconds * 1000
+        values = [(tenant, sid, ts - ts % width, ts, count, total, vmin, vmax, last, last_ts, sketch, written_ms)
+                  for sid, ts, count, total, vmin, vmax, last, last_ts, sketch in batch.tuples()]
+        assert self._columns == ("tenant", "sid", "part", "ts", "count", "sum", "min", "max", "last", "last_ts",
+                                 "sketch", "written_ms"), "bucket columns changed: update write_batch"
+        chunks, chunk, size = [], [], 0
+        for row in values:
+            row_bytes = 300 + (len(row[10]) if row[10] else 0)  # mutation overhead as Cassandra counts it
+            if chunk and (len(chunk) >= rows_per_statement or size + row_bytes > bytes_per_statement):
+                chunks.append(chunk)
+                chunk, size = [], 0
+            chunk.append(row)
+            size += row_bytes
+        if chunk:
+            chunks.append(chunk)
+
+        def make(chunk):
+            stmt = BatchStatement(batch_type=BatchType.UNLOGGED)
+            stmt.is_idempotent = True
+            for row in chunk:
+                stmt.add(statement, row)
+            return stmt
+
+        pending = [(chunk, 1) for chunk in chunks]
+        while pending:
+            running = [(chunk, attempt, self._session.execute_async(make(chunk)))
+                       for chunk, attempt in pending[:in_flight]]
+            pending = pending[in_flight:]
+            failed = []
+            for chunk, attempt, future in running:
+                try:
+                    future.result()
+                    self.written += len(chunk)
+                except InvalidRequest:  # the statement itself is wrong: retrying cannot help
+                    raise
+                except Exception as exc:  # unavailable, timeouts, connection loss
+                    if attempt >= self.max_attempts:
+                        raise RuntimeError(f"bucket batch write failed after {attempt} attempts: {exc!r}") from exc
+                    self.retried += 1
+                    log.warning("bucket batch write failed (%r), retry %d in %.1fs", exc, attempt, self._delay(attempt))
+                    failed.append((chunk, attempt))
+            if failed:
+                time.sleep(self._delay(max(a for _, a in failed)))
+                pending = [(chunk, attempt + 1) for chunk, attempt in failed] + pending
+        return len(values)
 
     def index_series(self, registration: Mapping) -> None:
         """Upsert a series index row from a registration record (schemas/series.json)."""

@@ -30,6 +30,11 @@ class LateTopicWriter:
             "pid": row["pid"], "seq": row["seq"],
         }
 
+    def write_sync(self, row) -> None:
+        """Send one late point and block until the broker acknowledged it."""
+        record = self.record(row)
+        self._producer.send(self.topic, key=series_key_bytes(record["sid"]), value=points.encode(record)).get(timeout=60)
+
     async def write(self, row) -> None:
         """Send one late point and wait for the broker's acknowledgement."""
         record = self.record(row)

@@ -26,9 +26,13 @@ def quality_key(keyspace: str, tenant: str) -> str:
 
 def encode_member(row) -> str:
     """The sorted-set member of a bucket: a JSON array (see schemas/redis.json)."""
-    sketch = base64.b64encode(row.sketch).decode() if row.sketch else None
-    return json.dumps([row.ts, row.count, row.sum, row.min, row.max, row.last, row.last_ts, sketch],
-                      separators=(",", ":"))
+    return encode_values(row.ts, row.count, row.sum, row.min, row.max, row.last, row.last_ts, row.sketch)
+
+
+def encode_values(ts, count, total, vmin, vmax, last, last_ts, sketch) -> str:
+    """encode_member from the bucket's values."""
+    sk = base64.b64encode(sketch).decode() if sketch else None
+    return json.dumps([ts, count, total, vmin, vmax, last, last_ts, sk], separators=(",", ":"))
 
 
 def decode_member(member: str | bytes) -> dict:
@@ -76,6 +80,45 @@ class RedisBucketCache:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+class RedisBucketWriter:
+    """Blocking write-through of packed bucket batches (tally.bucketpack): one pipeline per
+    batch, one script call per recent bucket.  Used by the job's batch sink."""
+
+    def __init__(self, cfg: TallyConfig):
+        import redis
+
+        self._keyspace = cfg.keyspace
+        self._client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._write_bucket = self._client.register_script(_WRITE_BUCKET)
+        self._window_ms = {tier: seconds * 1000 for tier, seconds in
+                           redis_layout()["keys"]["bucket"]["window_seconds"].items()}
+
+    def write_batch(self, tier: str, tenant: str, batch, now_ms: int) -> int:
+        """Write the batch's buckets that are recent for the tier (older ones are read from
+        Cassandra); returns how many were written.  Raises redis errors to the caller."""
+        window_ms = self._window_ms[tier]
+        oldest = now_ms - window_ms
+        pipe = self._client.pipeline(transaction=False)
+        n = 0
+        for sid, ts, count, total, vmin, vmax, last, last_ts, sketch in batch.tuples():
+            if ts < oldest:
+                continue
+            member = encode_values(ts, count, total, vmin, vmax, last, last_ts, sketch)
+            self._write_bucket(keys=[bucket_key(self._keyspace, tier, tenant, sid)],
+                               args=[ts, member, ts - window_ms, window_ms], client=pipe)
+            n += 1
+        if n:
+            pipe.execute()
+        return n
+
+    def count(self, tenant: str, field: str, amount: float = 1) -> None:
+        """Add to a data-quality counter."""
+        self._client.hincrbyfloat(quality_key(self._keyspace, tenant), field, amount)
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def delete_keyspace_keys(cfg: TallyConfig) -> int:

@@ -20,8 +20,12 @@ Stage 2:
                 ``salt_buckets`` keys and so over all subtasks
 ``agg_1s``      1 s windows keyed by (tenant, sid): merge of the phase-1 partials
 ``agg_<tier>``  each coarser tier merged from the tier below (rollup cascade)
-``buckets``     every tier's buckets plus the late, duplicate and rejected rows, one
-                schema, for the Python sink.  Everything leaves the SQL through this one
+``buckets``     every tier's buckets one per row plus the late, duplicate and rejected
+                rows, one schema (BUCKET_COLUMNS): what the batch reconciliation reads.
+``sink_batches`` the streaming job's output: every tier's buckets packed into batches of
+                one (tier, tenant, window, shard) by ``pack_buckets`` (tally.bucketpack:
+                one record per few hundred buckets crosses into Python), plus the late,
+                duplicate and rejected points one per row (SINK_COLUMNS).  Everything leaves the SQL through this one
                 stream: a second output (an INSERT) would be planned separately and read the
                 topic a second time, with its own watermarks and so its own late decisions.
 """
@@ -34,9 +38,13 @@ from tally.config import TallyConfig
 from tally.schema import point_sql_columns, series_sql_columns
 from tally.tiers import DEFAULT_TIERS, Tier
 
-# Columns of every tier view and of the sink stream, in order.
+# Columns of the per-row ``buckets`` view, in order.
 BUCKET_COLUMNS = ("kind", "tier", "tenant", "sid", "ts", "cnt", "total", "vmin", "vmax", "vlast", "last_ts", "sk",
                   "mtype", "pid", "seq")
+# Columns of the streaming sink's ``sink_batches``, in order: kind 'bucket' rows carry n packed buckets in
+# ``batch``; kinds late / dup / rejected carry one point in the remaining columns.
+SINK_COLUMNS = ("kind", "tier", "tenant", "n", "batch", "sid", "ts", "cnt", "total", "vmin", "vmax", "vlast",
+                "last_ts", "sk", "mtype", "pid", "seq")
 
 
 def _columns_ddl(columns) -> str:
@@ -128,9 +136,11 @@ FROM seq_prev"""),
 
 
 def bucket_views(classified: str, tiers: Sequence[Tier] = DEFAULT_TIERS,
-                 salt_buckets: int = 4) -> list[tuple[str, str]]:
+                 salt_buckets: int = 4, batch_shards: int = 8) -> list[tuple[str, str]]:
     """Stage 2: (view, query) pairs from the materialized classified table (event time
-    ``rt``) to ``buckets``."""
+    ``rt``) to ``buckets`` (per row) and ``sink_batches`` (packed).  ``batch_shards`` splits a tier window's buckets of a tenant
+    into that many batches (by series id), so batches stay a few hundred rows and spread
+    over the sink's subtasks."""
     first = tiers[0]
     out: list[tuple[str, str]] = [
         ("on_time", f"SELECT {_point_fields()}, rt FROM {classified} WHERE status = 'ok'"),
@@ -152,18 +162,38 @@ SELECT tenant, sid, window_time AS rt,
 FROM TABLE(TUMBLE(TABLE {child}, DESCRIPTOR(rt), {interval(tier.resolution_seconds)}))
 GROUP BY tenant, sid, window_start, window_end, window_time"""))
         child = f"agg_{tier.name}"
-    parts = [
+    rows = [
         f"""SELECT 'bucket' AS kind, '{t.name}' AS tier, tenant, sid,
   first_ts - MOD(first_ts, {t.resolution_ms}) AS ts, cnt, total, vmin, vmax, vlast, last_ts, sk,
   CAST(NULL AS STRING) AS mtype, CAST(NULL AS STRING) AS pid, CAST(NULL AS BIGINT) AS seq
 FROM agg_{t.name}"""
         for t in tiers
     ]
-    parts.append(f"""SELECT status AS kind, '{first.name}' AS tier, tenant, sid, `ts`,
+    rows.append(f"""SELECT status AS kind, '{first.name}' AS tier, tenant, sid, `ts`,
   `count` AS cnt, `sum` AS total, `min` AS vmin, `max` AS vmax, `last` AS vlast, `ts` AS last_ts, sk,
   `type` AS mtype, pid, seq
 FROM {classified} WHERE status IN ('late', 'dup', 'rejected')""")
-    out.append(("buckets", "\nUNION ALL\n".join(parts)))
+    out.append(("buckets", "\nUNION ALL\n".join(rows)))
+    no_point = ("CAST(NULL AS BIGINT) AS sid, CAST(NULL AS BIGINT) AS ts, CAST(NULL AS DOUBLE) AS cnt, "
+                "CAST(NULL AS DOUBLE) AS total, CAST(NULL AS DOUBLE) AS vmin, CAST(NULL AS DOUBLE) AS vmax, "
+                "CAST(NULL AS DOUBLE) AS vlast, CAST(NULL AS BIGINT) AS last_ts, CAST(NULL AS BYTES) AS sk, "
+                "CAST(NULL AS STRING) AS mtype, CAST(NULL AS STRING) AS pid, CAST(NULL AS BIGINT) AS seq")
+    # A tier's rows carry rt = their window's window_time, so a TUMBLE of the same size
+    # groups exactly one window's buckets and fires at the same watermark.
+    parts = [
+        f"""SELECT 'bucket' AS kind, '{t.name}' AS tier, tenant, COUNT(*) AS n,
+  pack_buckets(sid, first_ts - MOD(first_ts, {t.resolution_ms}), cnt, total, vmin, vmax, vlast, last_ts, sk) AS batch,
+  {no_point}
+FROM TABLE(TUMBLE(TABLE agg_{t.name}, DESCRIPTOR(rt), {interval(t.resolution_seconds)}))
+GROUP BY tenant, MOD(sid, {batch_shards}), window_start, window_end"""
+        for t in tiers
+    ]
+    parts.append(f"""SELECT status AS kind, '{first.name}' AS tier, tenant, CAST(1 AS BIGINT) AS n,
+  CAST(NULL AS BYTES) AS batch, sid, `ts`,
+  `count` AS cnt, `sum` AS total, `min` AS vmin, `max` AS vmax, `last` AS vlast, `ts` AS last_ts, sk,
+  `type` AS mtype, pid, seq
+FROM {classified} WHERE status IN ('late', 'dup', 'rejected')""")
+    out.append(("sink_batches", "\nUNION ALL\n".join(parts)))
     return out
 
 

@@ -52,6 +52,7 @@ FUNCTIONS: dict[str, str] = {
     "sketch_of": "dev.tally.udf.SketchOf",
     "sketch_quantile": "dev.tally.udf.SketchQuantile",
     "last_by_time": "dev.tally.udf.LastByTime",
+    "pack_buckets": "dev.tally.udf.PackBuckets",
 }
 
 _PIPELINE_JARS = "pipeline.jars"

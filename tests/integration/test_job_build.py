@@ -81,7 +81,17 @@ def test_build_computes_exact_buckets_for_every_tier():
     assert handed, "the sink was handed the bucket stream"
     with handed[0].execute_and_collect() as results:
         got = list(results)
-    by_key = {(r["kind"], r["tier"], r["sid"], r["ts"]): r for r in got}
+    from tally.bucketpack import unpack
+
+    by_key = {}
+    for r in got:  # bucket batches unpacked into rows with the bucket stream's column names
+        if r["kind"] == "bucket":
+            for sid, ts, cnt, total, vmin, vmax, vlast, last_ts, sk in unpack(r["batch"]).tuples():
+                by_key[("bucket", r["tier"], sid, ts)] = {
+                    "kind": "bucket", "tier": r["tier"], "sid": sid, "ts": ts, "cnt": cnt, "total": total,
+                    "vmin": vmin, "vmax": vmax, "vlast": vlast, "last_ts": last_ts, "sk": sk}
+        else:
+            by_key[(r["kind"], r["tier"], r["sid"], r["ts"])] = r
     assert sum(1 for r in got if r["kind"] == "dup") == 1
     one = by_key[("bucket", "10s", s1.id, 0)]
     assert (one["cnt"], one["total"], one["vmin"], one["vmax"], one["vlast"]) == (3.0, 6.0, 1.0, 3.0, 2.0)
@@ -92,4 +102,4 @@ def test_build_computes_exact_buckets_for_every_tier():
     sketch = Sketch.from_bytes(lat["sk"])
     assert sketch == Sketch().add(7.5).add(2.0).add(9.0)
     assert (lat["cnt"], lat["vlast"], lat["last_ts"]) == (3.0, 9.0, 25_002)
-    assert {r["tier"] for r in got if r["kind"] == "bucket"} == {"1s", "10s", "1m", "1h", "1d"}
+    assert {tier for kind, tier, _, _ in by_key if kind == "bucket"} == {"1s", "10s", "1m", "1h", "1d"}

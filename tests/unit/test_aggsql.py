@@ -16,7 +16,7 @@ def test_views_cover_every_stage_and_tier_in_order():
     assert names[:2] == ["seq_prev", "classified"]
     tier_views = [f"agg_{t.name}" for t in DEFAULT_TIERS]
     assert [n for n in names if n.startswith("agg_")] == tier_views
-    assert names[-1] == "buckets"
+    assert names[-2:] == ["buckets", "sink_batches"]
     # Each view only reads views defined before it.
     queries = dict(_all_views())
     for i, name in enumerate(names):
@@ -58,6 +58,30 @@ def test_every_union_branch_has_the_bucket_columns():
     assert "status IN ('late', 'dup', 'rejected')" in branches[-1]
     for branch in branches:
         assert branch.count(" AS kind") == 1 and re.search(r"\bseq\n", branch)
+
+
+def test_sink_batches_pack_every_tier_and_keep_points_whole():
+    batches = dict(aggsql.bucket_views("classified_points", batch_shards=16))["sink_batches"]
+    branches = batches.split("UNION ALL")
+    assert len(branches) == len(DEFAULT_TIERS) + 1
+    for tier, branch in zip(DEFAULT_TIERS, branches):
+        assert f"TABLE agg_{tier.name}," in branch and "pack_buckets(sid" in branch
+        assert aggsql.interval(tier.resolution_seconds) in branch and "MOD(sid, 16)" in branch
+    assert "status IN ('late', 'dup', 'rejected')" in branches[-1] and "pack_buckets" not in branches[-1]
+    for branch in branches:  # every branch lists SINK_COLUMNS in order (select list, top-level commas)
+        select = branch[branch.index("SELECT") + 6:branch.index("\nFROM")]
+        items, depth, current = [], 0, ""
+        for ch in select:
+            depth += ch == "("
+            depth -= ch == ")"
+            if ch == "," and depth == 0:
+                items.append(current)
+                current = ""
+            else:
+                current += ch
+        items.append(current)
+        names = [re.split(r"\bAS\b", item)[-1].strip().strip("`") for item in items]
+        assert tuple(names) == aggsql.SINK_COLUMNS
 
 
 def test_kafka_ddl_uses_config_not_literals():
