@@ -43,7 +43,7 @@ def _values(region: str, host: str, s: int) -> list[float]:
     """Three values per series and second; per-bucket means vary with the second."""
     base = {("eu", "a"): (10, 20, 30), ("eu", "b"): (40, 50, 60),
             ("us", "a"): (100, 200, 300), ("us", "b"): (400, 500, 600)}[(region, host)]
-    shift = s % 5 if host == "a" else s % 3
+    shift = s % 7 if host == "a" else s % 3
     return [float(v + shift) for v in base]
 
 
@@ -215,9 +215,11 @@ async def _scenario(cfg, base, sent):
             # Pick the metric, then the tag filter region=eu, as a user does (DOM change events).
             options = await page.js("[...document.querySelectorAll('#metric option')].map(o => o.value)")
             assert options == [METRIC]
+            renders = await page.js("window.tally.renders")
             await page.js(f"""(() => {{ const m = document.getElementById('metric'); m.value = '{METRIC}';
                               m.dispatchEvent(new Event('change')); }})()""")
-            await page.wait_js("!!document.getElementById('filter-region')", 30, "the region filter")
+            await page.wait_js(f"window.tally.renders > {renders} && !!document.getElementById('filter-region')",
+                               30, "the metric's chart and its filters")
             regions = await page.js("[...document.querySelectorAll('#filter-region option')].map(o => o.value)")
             assert regions == ["", "eu", "us"]
             renders = await page.js("window.tally.renders")
@@ -253,10 +255,10 @@ async def _check_chart(page: Chromium, base: int, group_by: str | None):
     got = {s["label"]: dict(zip(chart["times"], s["values"])) for s in chart["series"]}
     if group_by is None:
         assert list(got) == ["{}"]
-        expected = {"{}": lambda s: (20 + s % 5) + (50 + s % 3)}
+        expected = {"{}": lambda s: (20 + s % 7) + (50 + s % 3)}
     else:
         assert sorted(got) == ['{host="a"}', '{host="b"}']
-        expected = {'{host="a"}': lambda s: 20 + s % 5, '{host="b"}': lambda s: 50 + s % 3}
+        expected = {'{host="a"}': lambda s: 20 + s % 7, '{host="b"}': lambda s: 50 + s % 3}
     checked = 0
     for label, points in got.items():
         for t, v in points.items():
@@ -299,7 +301,12 @@ async def _check_quality(page: Chromium):
     assert q["counters"]["duplicates_dropped"] == 1 and q["counters"]["late_beyond_grace"] == 1
     assert q["tier"] == "1s" and q["grace_seconds"] == 2
     b = q["buckets"]
-    assert b["final"] + b["provisional"] + b["repaired"] == b["total"] and 1 <= b["provisional"] <= 4
+    chart = await page.js("window.tally.chart")
+    assert b["total"] == chart["end"] - chart["start"] + 1  # every 1 s bucket of the shown range
+    assert b["final"] + b["provisional"] + b["repaired"] == b["total"] and b["repaired"] == 0
+    # Only the newest buckets (end + grace 2 s not yet passed) are provisional; the range ends
+    # on a 5 s step at or before now, so that is 0 to 3 of them.
+    assert 0 <= b["provisional"] <= 3 and q["repaired_known"], q
     assert q["ingestion_lag_seconds"] is not None and q["ingestion_lag_seconds"] > 30
     rows = await page.js("Object.fromEntries([...document.querySelectorAll('#quality tr')]"
                          ".map(r => [r.dataset.key, r.lastChild.textContent]))")

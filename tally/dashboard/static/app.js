@@ -79,7 +79,8 @@ async function loadLabels() {
     sel.dataset.label = name;
     sel.append(new Option("(any)", ""));
     for (const v of state.labelValues[name]) sel.append(new Option(v, v));
-    const wanted = params.get(`filter.${name}`);
+    // keep a choice the user made (or the URL's filter.<label>=) when the label still has it
+    const wanted = state.filters[name] ? state.filters[name][0] : params.get(`filter.${name}`);
     if (wanted && state.labelValues[name].includes(wanted)) sel.value = wanted;
     sel.addEventListener("change", onFilterChange);
     label.append(`${name} `, sel);

@@ -35,7 +35,7 @@ export function renderHistogram(container, data) {
   const maxCount = Math.max(...bins.map((b) => b.count));
   const y = (c) => H - PAD_B - (c / maxCount) * (H - PAD_T - PAD_B);
   for (const b of bins) {
-    const r = el("rect", { class: "bar", x: x(b.lo), y: y(b.count), width: Math.max(x(b.hi) - x(b.lo), 1),
+    const r = el("rect", { class: "bar", x: x(b.lo), y: y(b.count), width: Math.max(x(b.hi) - x(b.lo), 2),
                            height: H - PAD_B - y(b.count), "data-lo": b.lo, "data-hi": b.hi, "data-count": b.count }, svg);
     el("title", {}, r).textContent = `${fmt(b.lo)} – ${fmt(b.hi)}: ${b.count}`;
   }
@@ -57,7 +57,9 @@ export function renderHistogram(container, data) {
     const g = el("g", { class: `q ${name}`, "data-q": name, "data-value": v }, svg);
     const xv = Math.min(Math.max(x(v), PAD_L), W - PAD_R);
     el("line", { x1: xv, x2: xv, y1: PAD_T - 4, y2: H - PAD_B }, g);
-    el("text", { x: xv + 3, y: PAD_T + 8 + 12 * row++, "text-anchor": "start" }, g).textContent = `${name} ${fmt(v)}`;
+    const right = xv > W * 0.7; // label on the left of marks near the right edge, so it stays visible
+    el("text", { x: right ? xv - 3 : xv + 3, y: PAD_T + 8 + 12 * row++, "text-anchor": right ? "end" : "start" }, g)
+      .textContent = `${name} ${fmt(v)}`;
   }
   container.appendChild(svg);
 }
