@@ -5,7 +5,7 @@ import sys
 
 PURE = ["tally.series", "tally.sketch", "tally.bucketpack", "tally.aggregate", "tally.tiers", "tally.point", "tally.schema",
         "tally.config", "tally.metric_types", "tally.limits", "tally.auth", "tally.remote_write", "tally.gateway.ingest",
-        "tally.alerts.rules", "tally.alerts.template", "tally.alerts.state", "tally.alerts.payload",
+        "tally.alerts.rules", "tally.alerts.template", "tally.alerts.state", "tally.alerts.payload", "tally.quality",
         "tally.promql.parser", "tally.promql.evaluator", "tally.promql.views", "tally.promql.sketches",
         "tally.query.resolution", "tally.query.cache", "tally.query.storage", "tally.query.engine",
         "tally.statsd", "tally.agent.aggregator", "tally.agent.spool",
