@@ -274,6 +274,20 @@ class Aggregator:
         sid = meta.series.id
         current = self.gauges.get(sid, 0.0)
         values = []
+        joined = "".join(raws)
+        if ":" not in joined and not joined.strip(_NUMBER_CHARS):
+            try:  # one value per line: check them in bulk, then apply in order
+                numbers = list(map(float, raws))
+            except ValueError:
+                numbers = None
+            total = sum(numbers) if numbers is not None else math.nan
+            if total - total == 0.0:  # all finite
+                for raw, value in zip(raws, numbers):
+                    first = raw[0]
+                    current = current + value if first == "+" or first == "-" else value
+                    values.append(current)
+                self.parsed += len(raws)
+                raws = ()
         for raw in raws:
             try:
                 parts = [(parse_number(p), p[:1] in "+-") for p in raw.split(":")]
