@@ -169,10 +169,19 @@ async function onMetricChange() {
   refresh();
 }
 
+// datetime-local wants local time without a zone: start from the last hour.
+function prefillCustom() {
+  const local = (ms) => new Date(ms - new Date(ms).getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+  const now = Date.now();
+  $("from").value = local(now - 3600 * 1000);
+  $("to").value = local(now);
+}
+
 async function init() {
   for (const name of ["agg", "range", "resolution", "from", "to"]) {
     $(name).addEventListener("change", () => {
       $("custom-range").hidden = $("range").value !== "custom";
+      if (name === "range" && $("range").value === "custom" && !$("from").value) prefillCustom();
       if (name === "agg") state.exprEdited = false;
       refresh();
     });
