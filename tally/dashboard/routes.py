@@ -113,7 +113,7 @@ class RepairedReader:
     Cassandra directly: the engine's storage serves bucket values, and Redis copies never
     carry the reconciliation column.  Bounded: at most ``max_series`` series per request."""
 
-    def __init__(self, cfg: TallyConfig, max_series: int = 200):
+    def __init__(self, cfg: TallyConfig, max_series: int = 50):
         self.cfg = cfg
         self.max_series = max_series
         self._cluster = self._session = None
@@ -223,23 +223,30 @@ def dashboard_routes(cfg: TallyConfig, engine, tenant_of: Callable[[web.Request]
 
         sel, tier = p["selector"], _tier(p)
         metas = await _matching(engine, tenant, sel)
-        counters = dq_counters(await redis().hgetall(quality_key(cfg.keyspace, tenant)))
+        warnings = []
+        try:
+            counters = dq_counters(await redis().hgetall(quality_key(cfg.keyspace, tenant)))
+        except Exception as exc:  # Redis down: the counters are unknown, the rest still shows
+            counters = None
+            warnings.append(f"data-quality counters unavailable (Redis): {exc!r}")
         finest = DEFAULT_TIERS[0]
         now_ms = int(p["now"] * 1000)
         # The newest 1 s buckets of the last 10 minutes (the Redis part of the tier).
-        recent, _ = await storage.buckets(tenant, finest, metas, now_ms - 600_000, now_ms, {"count"})
+        recent, read_warnings = await storage.buckets(tenant, finest, metas, now_ms - 600_000, now_ms, {"count"})
+        warnings.extend(read_warnings)
         pairs = [(int(ts), float(c)) for b in recent.values() for ts, c in zip(b.ts, b.cols["count"])]
         lag, pps = ingestion_figures(pairs, now_ms, window_s=60, resolution_ms=finest.resolution_ms)
-        repaired, warnings = [], []
+        repaired, repaired_known = [], True
         try:
             repaired = await repaired_reader.starts_s(tenant, tier, metas, int(p["start"] * 1000), int(p["end"] * 1000))
         except Exception as exc:  # Cassandra unreachable: the rest of the panel still shows
+            repaired_known = False
             warnings.append(f"repaired buckets unknown: {exc!r}")
         status = bucket_status(p["start"], p["end"], tier.resolution_seconds, cfg.grace_seconds, p["now"], repaired)
         return {"counters": counters, "ingestion_lag_seconds": lag, "points_per_second": pps,
                 "series": len(metas), "tier": tier.name, "grace_seconds": cfg.grace_seconds,
                 "buckets": status, "provisional_from": status["provisional_from"],
-                "repaired_known": not warnings, "warnings": warnings}
+                "repaired_known": repaired_known, "warnings": warnings}
 
     async def index(request: web.Request) -> web.Response:
         return web.Response(body=(STATIC_DIR / "index.html").read_bytes(), content_type="text/html",

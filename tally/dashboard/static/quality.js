@@ -24,12 +24,14 @@ export function renderQuality(container, q) {
   const lag = q.ingestion_lag_seconds;
   row(t, "Ingestion lag (now − newest 1 s bucket)", lag === null ? "no data in the last 10 min" : `${fmt(lag)} s`, "lag");
   row(t, `Points per second (last minute, ${q.series} series)`, fmt(q.points_per_second), "pps");
-  if (q.counters.late_within_grace !== null) {
-    row(t, "Late within grace (accepted)", fmt(q.counters.late_within_grace), "late_within_grace");
+  const c = q.counters || {}; // null when Redis is unreachable (see q.warnings)
+  const n = (v) => (v === undefined || v === null ? "unknown" : fmt(v));
+  if (c.late_within_grace !== null && c.late_within_grace !== undefined) {
+    row(t, "Late within grace (accepted)", fmt(c.late_within_grace), "late_within_grace");
   }
-  row(t, "Late beyond grace (1 s tier, to nightly repair)", fmt(q.counters.late_beyond_grace), "late_beyond_grace");
-  row(t, "Dropped (rejected)", fmt(q.counters.rejected), "rejected");
-  row(t, "Duplicates removed", fmt(q.counters.duplicates_dropped), "duplicates_dropped");
+  row(t, "Late beyond grace (1 s tier, to nightly repair)", n(c.late_beyond_grace), "late_beyond_grace");
+  row(t, "Dropped (rejected)", n(c.rejected), "rejected");
+  row(t, "Duplicates removed", n(c.duplicates_dropped), "duplicates_dropped");
   const st = q.buckets;
   const span = document.createElement("span");
   const repaired = badge("repaired", q.repaired_known ? `${st.repaired} repaired` : "repaired: unknown");
@@ -39,5 +41,6 @@ export function renderQuality(container, q) {
   row(t, `Shown buckets (${q.tier}, grace ${q.grace_seconds} s)`, span, "buckets");
   const since = q.provisional_from === null ? "–" : new Date(q.provisional_from * 1000).toLocaleTimeString();
   row(t, "Provisional from", since, "provisional_from");
+  for (const w of q.warnings || []) row(t, "Warning", w, "warning");
   container.appendChild(t);
 }
