@@ -105,23 +105,40 @@ def send_at(port: int, rate_lines: float, seconds: float, datagrams: list[bytes]
     return sent * LINES_PER_DATAGRAM
 
 
-def step_up(name: str, port: int, read_received, rates: list[int], step_s: float, datagrams) -> int:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (the agent's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1] = ppid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def step_up(name: str, port: int, read_received, rates: list[int], step_s: float, datagrams, pid: int) -> int:
     """Run the steps; returns the highest offered rate with loss <= MAX_LOSS."""
     best = 0
     failures = 0
     for rate in rates:
         time.sleep(2.5)
         before = read_received()
+        cpu0 = cpu_seconds(pid)
         t0 = time.perf_counter()
         sent = send_at(port, rate, step_s, datagrams)
         elapsed = time.perf_counter() - t0
         time.sleep(3.0)  # let the daemon report what it took in (flush intervals are 1 s)
         received = read_received() - before
+        cpu = cpu_seconds(pid) - cpu0
         loss = 1 - received / sent if sent else 1.0
         achieved = sent / elapsed
         ok = loss <= MAX_LOSS and achieved >= 0.97 * rate
         print(f"  {name:9s} offered {rate:>9,}/s (sent {achieved:>9,.0f}/s): received {received:>10,} of "
-              f"{sent:>10,} lines, loss {loss * 100:6.3f} %{'' if ok else '  <- over'}", flush=True)
+              f"{sent:>10,} lines, loss {loss * 100:6.3f} %, {cpu:5.1f} CPU s = "
+              f"{received / cpu if cpu else 0:>9,.0f} lines per CPU second{'' if ok else '  <- over'}", flush=True)
         if ok:
             best, failures = rate, 0
         else:
@@ -176,7 +193,8 @@ def main(argv=None) -> int:
           f"30 % timers / 20 % gauges, {LINES_PER_DATAGRAM} lines per datagram "
           f"(~{sum(map(len, datagrams)) // len(datagrams)} bytes), {SOCKETS} sender sockets, "
           f"{args.step_seconds:g} s per step; pass = loss <= {MAX_LOSS * 100:g} %")
-    print(f"machine: {os.cpu_count()} cores, shared with the local stack (Kafka, Cassandra, Redis, Flink)")
+    print(f"machine: {os.cpu_count()} cores, shared with the local stack (Kafka, Cassandra, Redis, Flink); "
+          f"load average {os.getloadavg()[0]:.1f} at start")
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="tally-bench-agent-"))
     results = {}
@@ -197,7 +215,7 @@ def main(argv=None) -> int:
             wait_port(lambda: agent_received(url))
             print(f"Tally agent ({args.workers} SO_REUSEPORT workers, 1 s aggregates to Kafka topic {topic}):")
             results["agent"] = step_up("agent", statsd_port, lambda: agent_received(url), rates,
-                                       args.step_seconds, datagrams)
+                                       args.step_seconds, datagrams, proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
@@ -219,7 +237,7 @@ def main(argv=None) -> int:
             wait_port(lambda: reference_received(ref_mgmt))
             print("reference: Etsy StatsD 0.9.0 (npm statsd, one Node.js process):")
             results["reference"] = step_up("reference", ref_port, lambda: reference_received(ref_mgmt), rates,
-                                           args.step_seconds, datagrams)
+                                           args.step_seconds, datagrams, proc.pid)
         finally:
             proc.terminate()
             proc.wait(30)

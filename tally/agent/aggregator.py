@@ -27,7 +27,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from tally.limits import PROMETHEUS, Limits, Rejection, SeriesLimiter, validate_series, validate_timestamp
 from tally.series import SeriesId, series_id
@@ -185,27 +185,35 @@ class Aggregator:
     def flush(self, before_sec: int | None = None) -> list[Flushed]:
         """Close every second < before_sec (all when None) and return its aggregates,
         oldest second first."""
-        out: list[Flushed] = []
-        for sec in sorted(self.open):
-            if before_sec is not None and sec >= before_sec:
-                break
-            groups: dict[tuple[int, str], list[tuple[Meta, list[str]]]] = {}
-            for key, raws in self.open.pop(sec).items():
-                meta = self.heads[key]
-                groups.setdefault((meta.series.id, meta.type), []).append((meta, raws))
-            for entries in groups.values():
-                try:
-                    self.limiter.admit(entries[0][0].series)
-                except Rejection as exc:
-                    self.rejected[exc.reason] += sum(len(raws) for _, raws in entries)
-                    continue
-                flushed = self._aggregate(sec, entries)
-                if flushed is not None:
-                    out.append(flushed)
+        return list(self.flush_iter(before_sec))
+
+    def flush_iter(self, before_sec: int | None = None) -> Iterator[Flushed]:
+        """Like :meth:`flush`, but the aggregates are computed as the iterator is consumed,
+        so the agent can interleave that work with reading its socket.  The closed seconds
+        are taken out at once: lines ingested meanwhile go to later flushes."""
         if len(self.heads) > self.max_heads:
             keep = {k for bucket in self.open.values() for k in bucket}
             self.heads = {k: v for k, v in self.heads.items() if k in keep}
-        return out
+        closed = [(sec, self.open.pop(sec)) for sec in sorted(self.open)
+                  if before_sec is None or sec < before_sec]
+        heads = self.heads
+        closed = [(sec, [(heads[k], raws) for k, raws in bucket.items()]) for sec, bucket in closed]
+        return self._aggregate_closed(closed)
+
+    def _aggregate_closed(self, closed) -> Iterator[Flushed]:
+        for sec, entries in closed:
+            groups: dict[tuple[int, str], list[tuple[Meta, list[str]]]] = {}
+            for meta, raws in entries:
+                groups.setdefault((meta.series.id, meta.type), []).append((meta, raws))
+            for group in groups.values():
+                try:
+                    self.limiter.admit(group[0][0].series)
+                except Rejection as exc:
+                    self.rejected[exc.reason] += sum(len(raws) for _, raws in group)
+                    continue
+                flushed = self._aggregate(sec, group)
+                if flushed is not None:
+                    yield flushed
 
     def _numbers(self, raws: list[str]) -> list[float]:
         """All values of the lines in raws; a line with a bad value is rejected whole."""
