@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from reconcile import sql
+from reconcile import ReconcileError, sql
 from reconcile.diff import Bucket, Report, diff
 from tally import aggsql
 from tally.archive import archive_location, period_folders
@@ -130,17 +130,19 @@ def repair_sink(dry_run: bool = False) -> Sink:
 
         started = time.monotonic()
         report = Report(period=period.label(), tiers=tuple(t.name for t in period.tiers))
-        found = _archive_folders(cfg, period)
-        if not found:
-            report.notes.append(f"no archive folder for {period.label()} under {archive_location(cfg)}")
-        _check_archive_lag(cfg, report)
-        expected, others = collect(table)
-        report.duplicates, report.rejected = others.get("dup", 0), others.get("rejected", 0)
         store = BucketStore(cfg, period.tiers)
         try:
+            # Cassandra first: a missing keyspace fails in a second, not after the batch job.
             altered = store.ensure_marker_column()
             if altered:
-                report.notes.append(f"added repaired_ms to {', '.join(altered)}")
+                report.notes.append(f"added repaired_ms to {', '.join(sorted(set(altered)))}")
+            if not _archive_folders(cfg, period):
+                report.notes.append(f"no archive folder for {period.label()} under {archive_location(cfg)}: "
+                                    "nothing recomputed")
+                return report
+            _check_archive_lag(cfg, report)
+            expected, others = collect(table)
+            report.duplicates, report.rejected = others.get("dup", 0), others.get("rejected", 0)
             to_repair = []
             for tier in period.tiers:
                 mine = [b for b in expected if b.tier == tier.name]
@@ -155,7 +157,7 @@ def repair_sink(dry_run: bool = False) -> Sink:
                 report.repaired = store.repair(to_repair)
         finally:
             store.close()
-        report.duration_s = time.monotonic() - started
+            report.duration_s = time.monotonic() - started
         return report
 
     return sink
@@ -267,14 +269,20 @@ def execute(args, cfg: TallyConfig) -> int:
     overrides = {k: v for k, v in (("keyspace", args.keyspace), ("archive_uri", args.archive_uri)) if v}
     cfg = dataclasses.replace(cfg, **overrides)
     if args.schedule:
-        at = dt.datetime.strptime(args.schedule, "%H:%M").time()
+        try:
+            at = dt.datetime.strptime(args.schedule, "%H:%M").time()
+        except ValueError:
+            raise ReconcileError(f"--schedule wants HH:MM (UTC), got {args.schedule!r}") from None
         schedule(cfg, at, args.dry_run)
         return 0
     if getattr(args, "on_cluster", False):
         return _run_on_cluster(args, cfg)
-    date = (dt.date.fromisoformat(args.date) if args.date
-            else dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
-    period = Period(date, parse_hours(args.hours))
+    try:
+        date = (dt.date.fromisoformat(args.date) if args.date
+                else dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
+        period = Period(date, parse_hours(args.hours))
+    except ValueError as exc:
+        raise ReconcileError(f"bad period: {exc}") from None
     report, path = run(cfg, period, args.dry_run)
     print("\n".join(report.lines()) + f"\nreport: {path}")
     return 0
@@ -302,7 +310,11 @@ def _run_on_cluster(args, cfg: TallyConfig) -> int:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="reconcile/job.py", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    sys.exit(execute(parser.parse_args(argv), TallyConfig.from_env()))
+    try:
+        sys.exit(execute(parser.parse_args(argv), TallyConfig.from_env()))
+    except ReconcileError as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from typing import Iterable, Sequence
 
+from reconcile import ReconcileError
 from reconcile.diff import Bucket, Key
 from tally.config import TallyConfig
 from tally.cql import connect
@@ -46,7 +47,8 @@ class BucketStore:
                 (self.cfg.keyspace, table))
             columns = {r.column_name for r in rows}
             if not columns:
-                raise RuntimeError(f"table {self.cfg.keyspace}.{table} does not exist")
+                raise ReconcileError(f"table {self.cfg.keyspace}.{table} does not exist: wrong --keyspace, or the "
+                                     "aggregation job never ran there (tally job submit aggregate creates it)")
             for column in RECONCILE_COLUMNS:
                 if column not in columns:
                     self._session.execute(f"ALTER TABLE {self.cfg.keyspace}.{table} ADD {column} bigint")

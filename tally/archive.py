@@ -266,9 +266,7 @@ class Archiver:
         self._consumer.assign(sorted(tps))
         beginning = self._consumer.beginning_offsets(sorted(tps))
         for tp in sorted(tps):
-            if tp in self._assigned:
-                self._consumer.seek(tp, self._segments[tp.partition].next_offset if tp.partition in self._segments
-                                    else self._consumer.position(tp))
+            if tp in self._assigned:  # assign() keeps the positions of partitions it already had
                 continue
             committed = self._consumer.committed(tp)
             first = beginning[tp]
@@ -325,17 +323,25 @@ class Archiver:
                 commits[partition] = segment.next_offset
         self._commit(commits)
 
-    def run(self, once: bool = False, stop: threading.Event | None = None, poll_ms: int = 500) -> ArchiveStats:
+    def run(self, once: bool = False, stop: threading.Event | None = None, poll_ms: int = 500,
+            idle_timeout_s: float = 30.0) -> ArchiveStats:
         """Archive until ``stop`` is set (or, with ``once``, until the end offsets seen at the
         start are archived); everything read is flushed and committed before returning."""
         self._assign()
         targets = self._consumer.end_offsets(sorted(self._assigned)) if once else None
-        last_flush = self.clock()
+        last_flush = last_record = self.clock()
         try:
             while not (stop and stop.is_set()):
                 if once and all(self._consumer.position(tp) >= end for tp, end in targets.items()):
                     break
+                if once and self.clock() - last_record > idle_timeout_s:
+                    # The end offsets cannot be reached (e.g. transaction markers): stop anyway.
+                    log.warning("archive --once: no record for %.0fs before the end offsets %s; stopping",
+                                idle_timeout_s, targets)
+                    break
                 batches = self._consumer.poll(timeout_ms=poll_ms)
+                if batches:
+                    last_record = self.clock()
                 for _tp, records in sorted(batches.items()):
                     self._take(records)
                 if not once and self.clock() - last_flush >= self.cfg.archive_flush_interval_seconds:

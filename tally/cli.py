@@ -52,7 +52,7 @@ def _gateway(args, cfg: TallyConfig) -> int:
 def _api(args, cfg: TallyConfig) -> int:
     from tally.api import app
 
-    app.run(cfg)
+    app.run(cfg, use_redis=not args.no_redis)
     return 0
 
 
@@ -131,9 +131,13 @@ def _archive(args, cfg: TallyConfig) -> int:
 
 
 def _reconcile(args, cfg: TallyConfig) -> int:
-    from reconcile import job
+    from reconcile import ReconcileError, job
 
-    return job.execute(args, cfg)
+    try:
+        return job.execute(args, cfg)
+    except ReconcileError as exc:
+        print(f"tally: {exc}", file=sys.stderr)
+        return 2
 
 
 def _recent_partitions(tier) -> tuple[int, ...]:
@@ -168,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = sub.add_parser("api", help="Prometheus-compatible query API (PromQL subset) on the configured api port "
                                      "(TALLY_API_PORT)")
+    api.add_argument("--no-redis", action="store_true", help="read every bucket from Cassandra (no Redis reads)")
     api.set_defaults(func=_api)
 
     demo = sub.add_parser("demo", help="send demo traffic and print the buckets it produced")
