@@ -323,11 +323,20 @@ def make_app(cfg: TallyConfig, engine: QueryEngine | None = None,
     return app
 
 
-def run(cfg: TallyConfig) -> None:
-    """Serve the API on ``cfg.host:cfg.ports.api`` until interrupted (``tally api``)."""
+def run(cfg: TallyConfig, use_redis: bool = True) -> None:
+    """Serve the API on ``cfg.host:cfg.ports.api`` until interrupted (``tally api``);
+    ``use_redis=False`` reads every bucket from Cassandra (``tally api --no-redis``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tally.dashboard.mount import mount  # dashboard at /, alert rules + /api/v1/rules|alerts
-    app = make_app(cfg)
+    from tally.query.store import BucketStore
+
+    engine = QueryEngine(cfg, storage=BucketStore(cfg, use_redis=use_redis))
+    app = make_app(cfg, engine)
+
+    async def close_engine(app):
+        await engine.close()
+
+    app.on_cleanup.append(close_engine)
     mount(app, cfg)
     web.run_app(app, host=cfg.host, port=cfg.ports.api, print=lambda *_: None,
                 access_log=None)

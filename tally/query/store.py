@@ -10,8 +10,9 @@ Reads, per series and tier, the buckets with start in [start, end]:
   adjacent, so nothing is missed.  ``margin`` (2 s) absorbs a sink clock slightly ahead.
 - **Redis down** (connection refused, timeout): the Redis part is read from Cassandra too,
   a warning says so, and Redis is not tried again for ``redis_retry_s``.
-- **Dense reads.**  One prepared statement per (tier, columns) reads a whole partition
-  slice per request (never a query per bucket); partitions of all series are read
+- **Dense reads.**  One prepared statement per (tier, columns) reads the same time slice of
+  up to 100 partitions per request (``sid IN ?``, ~20,000 rows; never a query per bucket,
+  and not one per series either: the driver's per-request cost dominated); requests run
   concurrently (bounded), decoded by the driver's NumPy protocol handler straight into
   arrays; only the columns the query needs are selected.  Redis: one pipelined
   ``ZRANGE BYSCORE`` per series, members parsed in one orjson call.
@@ -49,7 +50,8 @@ class BucketStore:
 
     def __init__(self, cfg: TallyConfig, tiers: Sequence[Tier] = DEFAULT_TIERS, *, max_in_flight: int = 256,
                  index_ttl_s: float = 5.0, redis_margin_ms: int = 2000, redis_retry_s: float = 5.0,
-                 use_redis: bool = True, clock=time.time):
+                 use_redis: bool = True, clock=time.time, rows_per_request: int = 20_000,
+                 max_sids_per_request: int = 100):
         self.cfg = cfg
         self.keyspace = cfg.keyspace
         self.tiers = {t.name: t for t in tiers}
@@ -69,7 +71,9 @@ class BucketStore:
         self._index_cache: dict = {}
         self._names_cache: dict = {}
         self._lock = asyncio.Lock()
-        self.reads = {"cassandra_partitions": 0, "redis_keys": 0, "redis_fallbacks": 0}
+        self.rows_per_request = rows_per_request
+        self.max_sids_per_request = max_sids_per_request
+        self.reads = {"cassandra_partitions": 0, "cassandra_requests": 0, "redis_keys": 0, "redis_fallbacks": 0}
 
     # -- connections --------------------------------------------------------------------------
 
@@ -195,57 +199,69 @@ class BucketStore:
         key = (tier.name, columns, latest_only)
         stmt = self._statements.get(key)
         if stmt is None:
-            cql = (f"SELECT ts, {', '.join(columns)} FROM {self.keyspace}.{bucket_table(tier)} "
-                   "WHERE tenant = ? AND sid = ? AND part = ? AND ts >= ? AND ts <= ?")
-            if latest_only:
-                cql += " ORDER BY ts DESC LIMIT 1"
+            if latest_only:  # one partition: its newest bucket in the range
+                cql = (f"SELECT sid, ts, {', '.join(columns)} FROM {self.keyspace}.{bucket_table(tier)} "
+                       "WHERE tenant = ? AND sid = ? AND part = ? AND ts >= ? AND ts <= ? ORDER BY ts DESC LIMIT 1")
+            else:  # the same slice of many partitions (sid IN ...) in one request
+                cql = (f"SELECT sid, ts, {', '.join(columns)} FROM {self.keyspace}.{bucket_table(tier)} "
+                       "WHERE tenant = ? AND sid IN ? AND part = ? AND ts >= ? AND ts <= ?")
             stmt = self._np_session.prepare(cql)
             stmt.is_idempotent = True
             self._statements[key] = stmt
         return stmt
 
     async def _read_cassandra(self, tenant, tier, metas, start_ms, end_ms, columns, latest_only) -> dict:
+        """Dense reads: one request reads the slice [start, end] of one partition span for a
+        group of series (``sid IN (...)``, sized to ~rows_per_request rows); requests run
+        concurrently; the NumPy protocol handler decodes each response into arrays."""
         if not metas:
             return {}
         stmt = self._statement(tier, tuple(columns), latest_only)
         first, last = partition_start_ms(start_ms, tier), partition_start_ms(end_ms, tier)
         parts = list(range(first, last + 1, tier.partition_ms))
-        if latest_only:
-            parts = parts[::-1]
         gate = asyncio.Semaphore(self.max_in_flight)
+        sids = [m.sid for m in metas]
 
-        async def read(meta: SeriesMeta, part: int):
+        async def read(params):
             async with gate:
-                # No paging (default_fetch_size None): a partition holds at most 8640 buckets.
-                page = await self._execute(self._np_session, stmt, (tenant, meta.sid, part, start_ms, end_ms),
-                                           "numpy")
-                return [page] if isinstance(page, dict) else []
+                # No paging (default_fetch_size None): requests are sized to a bounded row count.
+                page = await self._execute(self._np_session, stmt, params, "numpy")
+                return page if isinstance(page, dict) and len(page.get("ts", ())) else None
 
-        jobs = [(meta, part) for meta in metas for part in parts]
-        self.reads["cassandra_partitions"] += len(jobs)
-        results = await asyncio.gather(*(read(m, p) for m, p in jobs))
-        per_sid: dict = {}
-        for (meta, part), pages in zip(jobs, results):
-            for page in pages:
-                if page and len(page["ts"]):
-                    per_sid.setdefault(meta.sid, []).append(page)
+        jobs = []
+        if latest_only:
+            jobs = [(tenant, sid, part, start_ms, end_ms) for sid in sids for part in reversed(parts)]
+        else:
+            for part in parts:
+                lo, hi = max(start_ms, part), min(end_ms, part + tier.partition_ms - 1)
+                rows_per_sid = max(1, (hi - lo) // tier.resolution_ms + 1)
+                group = max(1, min(self.max_sids_per_request, self.rows_per_request // rows_per_sid))
+                for i in range(0, len(sids), group):
+                    jobs.append((tenant, sids[i:i + group], part, start_ms, end_ms))
+        self.reads["cassandra_partitions"] += len(sids) * len(parts)
+        self.reads["cassandra_requests"] += len(jobs)
+        pages = [p for p in await asyncio.gather(*(read(j) for j in jobs)) if p is not None]
+        if not pages:
+            return {}
+        sid_col = np.concatenate([np.ma.getdata(p["sid"]) for p in pages]).astype(np.int64)
+        ts = np.concatenate([np.ma.getdata(p["ts"]) for p in pages]).astype(np.int64)
+        cols = {}
+        for c in columns:
+            if c == "sketch":
+                cols[c] = np.concatenate([np.asarray(p[c], dtype=object) for p in pages])
+            else:
+                cols[c] = np.concatenate([np.ma.filled(p[c].astype(float), np.nan) for p in pages])
+        order = np.lexsort((ts, sid_col))
+        sid_col, ts = sid_col[order], ts[order]
+        cols = {c: v[order] for c, v in cols.items()}
+        bounds = np.flatnonzero(np.diff(sid_col)) + 1
+        starts = np.concatenate(([0], bounds))
+        ends = np.concatenate((bounds, [len(ts)]))
         out = {}
-        for sid, pages in per_sid.items():
+        for a, b in zip(starts.tolist(), ends.tolist()):
             if latest_only:
-                pages = pages[:1]  # newest partition first
-            ts = np.concatenate([np.ma.getdata(p["ts"]) for p in pages]).astype(np.int64)
-            cols = {}
-            for c in columns:
-                arrs = [p[c] for p in pages]
-                if c == "sketch":
-                    cols[c] = np.concatenate([np.asarray(a, dtype=object) for a in arrs])
-                else:
-                    cols[c] = np.concatenate([np.ma.filled(a.astype(float), np.nan) for a in arrs])
-            if len(pages) > 1 and np.any(np.diff(ts) < 0):
-                order = np.argsort(ts, kind="stable")
-                ts = ts[order]
-                cols = {c: v[order] for c, v in cols.items()}
-            out[sid] = Buckets(ts, cols)
+                a = b - 1  # the newest bucket of the newest partition that had one
+            out[int(sid_col[a])] = Buckets(ts[a:b], {c: v[a:b] for c, v in cols.items()})
         return out
 
     async def _read_redis(self, tenant, tier, metas, start_ms, end_ms, columns, latest_only) -> dict:
@@ -262,21 +278,26 @@ class BucketStore:
         self.reads["redis_keys"] += len(metas)
         replies = await pipe.execute()
         out = {}
-        idx = {f: i for i, f in enumerate(_MEMBER_FIELDS)}
+        wanted = [(c, _MEMBER_FIELDS.index(c)) for c in columns if c != "sketch"]
         for meta, members in zip(metas, replies):
             if not members:
                 continue
-            rows = orjson.loads(b"[" + b",".join(members) + b"]")
-            rows.sort(key=lambda r: r[0])
-            ts = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            cols = {}
-            for c in columns:
-                i = idx[c]
-                if c == "sketch":
-                    arr = np.empty(len(rows), dtype=object)
-                    arr[:] = [base64.b64decode(r[i]) if r[i] else None for r in rows]
-                    cols[c] = arr
-                else:
-                    cols[c] = np.fromiter((r[i] for r in rows), dtype=float, count=len(rows))
+            blob = b",".join(members)
+            sketches = None
+            if b'"' in blob:  # sketches present: parse rows, keep the numeric part apart
+                rows = orjson.loads(b"[" + blob + b"]")
+                numeric = np.array([r[:7] for r in rows], dtype=float)
+                if "sketch" in columns:
+                    sketches = np.empty(len(rows), dtype=object)
+                    sketches[:] = [base64.b64decode(r[7]) if r[7] else None for r in rows]
+            else:  # every sketch is null: one parse straight into a float matrix
+                numeric = np.array(orjson.loads(b"[" + blob.replace(b",null]", b"]") + b"]"), dtype=float)
+            # ZRANGE BYSCORE returns members by score; REV (latest_only) has one member.
+            ts = numeric[:, 0].astype(np.int64)
+            cols = {c: numeric[:, i] for c, i in wanted}
+            if "sketch" in columns:
+                if sketches is None:
+                    sketches = np.full(len(ts), None, dtype=object)
+                cols["sketch"] = sketches
             out[meta.sid] = Buckets(ts, cols)
         return out
