@@ -124,7 +124,7 @@ async function refresh() {
     ]);
     const aligned = alignMatrix(matrix.result || []);
     const provisionalFrom = quality && !quality.error ? quality.provisional_from : null;
-    renderChart($("chart"), aligned, provisionalFrom);
+    renderChart($("chart"), aligned, provisionalFrom, [start, end]);
     $("chart-empty").hidden = aligned.times.length > 0;
     $("chart-info").textContent = `${aligned.labels.length} series · step ${s}s` +
       (matrix.tier ? ` · tier ${matrix.tier}` : "");

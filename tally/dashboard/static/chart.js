@@ -24,8 +24,9 @@ export function alignMatrix(result) {
 
 let plot = null;
 
-// provisionalFrom: epoch seconds after which buckets are still provisional (shaded).
-export function renderChart(container, aligned, provisionalFrom) {
+// provisionalFrom: epoch seconds after which buckets are still provisional (shaded);
+// range: [start, end] epoch seconds shown on the x axis even where there is no data.
+export function renderChart(container, aligned, provisionalFrom, range) {
   if (plot) { plot.destroy(); plot = null; }
   container.textContent = "";
   if (!aligned.times.length) return null;
@@ -36,6 +37,7 @@ export function renderChart(container, aligned, provisionalFrom) {
       label, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false, points: { show: aligned.times.length < 80 },
     }))],
     axes: [{}, { size: 60 }],
+    scales: range ? { x: { time: true, range: () => range } } : {},
     legend: { live: true },
     hooks: {
       drawClear: [(u) => {

@@ -45,7 +45,8 @@ export function renderHistogram(container, data) {
   const ticks = 5;
   for (let i = 0; i <= ticks; i++) {
     const v = Math.exp(lo + (span * i) / ticks);
-    el("text", { x: x(v), y: H - 8, "text-anchor": "middle" }, axis).textContent = fmt(v);
+    const anchor = i === 0 ? "start" : i === ticks ? "end" : "middle";
+    el("text", { x: x(v), y: H - 8, "text-anchor": anchor }, axis).textContent = fmt(v);
   }
   el("text", { x: PAD_L - 4, y: PAD_T + 4, "text-anchor": "end" }, axis).textContent = String(maxCount);
   el("text", { x: PAD_L - 4, y: H - PAD_B, "text-anchor": "end" }, axis).textContent = "0";
