@@ -356,33 +356,31 @@ def _sketch_quantile(node: Aggregate, ctx: EvalContext) -> Vector:
     keys, index = _groups([s.labels for s in series], node.grouping, node.without)
     steps = len(times)
     out = np.full((len(keys), steps), np.nan)
-    decoded: dict[int, list] = {}
-    bounds = []
+    if not series:
+        return Vector([], out)
+    # All sketches of all series decoded together; sketch id = series offset + bucket index.
+    blobs = [b for s in series for b in s.cols["sketch"]]
+    try:
+        table = sketches.decode_many(blobs)
+    except ValueError as exc:
+        raise PromQLExecError(f"sketch_quantile: {exc}") from None
+    if ctx.check:
+        ctx.check()
+    base = np.concatenate(([0], np.cumsum([len(s.ts) for s in series])))
+    pairs: dict[int, list] = {}
     for i, s in enumerate(series):
         lo, hi = _window_bounds(s.ts, times, window)
-        bounds.append((lo, hi))
-        used = np.zeros(len(s.ts), dtype=bool)
-        for a, b in zip(lo[hi > lo], hi[hi > lo]):
-            used[a:b] = True
-        blobs = s.cols["sketch"]
-        decoded[i] = [sketches.decode(blobs[j]) if used[j] and blobs[j] else None for j in range(len(s.ts))]
-        if ctx.check:
-            ctx.check()
-    members: dict[int, list[int]] = {}
-    for i, g in enumerate(index):
-        members.setdefault(int(g), []).append(i)
-    for g, rows in members.items():
-        for step in range(steps):
-            acc = sketches.Merged()
-            for i in rows:
-                lo, hi = bounds[i]
-                for j in range(lo[step], hi[step]):
-                    m = decoded[i][j]
-                    if m is not None:
-                        sketches.merge_merged(acc, m)
-            value = sketches.quantile(acc, q)
-            if value is not None:
-                out[g, step] = value
+        n = hi - lo
+        total = int(n.sum())
+        if not total:
+            continue
+        step_ids = np.repeat(np.arange(steps), n)
+        bucket = np.arange(total) + np.repeat(lo - np.concatenate(([0], np.cumsum(n)[:-1])), n)
+        pairs.setdefault(int(index[i]), []).append((step_ids, bucket + base[i]))
+    for g, parts in pairs.items():
+        step_ids = np.concatenate([p[0] for p in parts])
+        ids = np.concatenate([p[1] for p in parts])
+        out[g] = sketches.quantiles_per_step(table, step_ids, ids, steps, q)
     return Vector(keys, out).compact()
 
 

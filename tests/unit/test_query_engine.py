@@ -201,3 +201,29 @@ def test_bulk_sketch_merge_matches_sketch_merge():
     assert sketches.quantile(sketches.Merged(), 0.5) is None
     with pytest.raises(ValueError, match="cannot merge sketches with alpha"):
         sketches.merge_into(sketches.decode(Sketch().add(1).to_bytes()), Sketch(alpha=0.02).add(1).to_bytes())
+
+
+def test_vectorised_sketch_quantiles_per_step_match_sketch_merge():
+    rng = np.random.default_rng(5)
+    parts = []
+    for i in range(300):
+        s = Sketch()
+        s.add_many(rng.normal(0, 50, 30) if i % 3 else rng.lognormal(2, 1.5, 30))
+        if i % 7 == 0:
+            s.add(0.0, 2)
+        parts.append(s)
+    weighted = Sketch().add_many(rng.lognormal(2, 1, 50), count=0.3)  # float counts: slow path
+    blobs = [s.to_bytes() for s in parts] + [weighted.to_bytes(), None]
+    table = sketches.decode_many(blobs)
+    steps = np.repeat(np.arange(30), 10)  # step k merges sketches 10k .. 10k+9
+    ids = np.arange(300)
+    for q in (0.0, 0.01, 0.5, 0.9, 0.99, 1.0):
+        got = sketches.quantiles_per_step(table, steps, ids, 32, q)
+        for k in range(30):
+            reference = Sketch()
+            for s in parts[10 * k:10 * k + 10]:
+                reference.merge(s)
+            assert got[k] == reference.quantile(q)
+        assert np.isnan(got[31])  # no sketch
+    one = sketches.quantiles_per_step(table, np.array([30]), np.array([300]), 32, 0.5)
+    assert one[30] == pytest.approx(weighted.quantile(0.5), rel=0.021)  # float counts: within a bucket
