@@ -171,3 +171,12 @@ def test_api_formats_follow_prometheus():
     assert [(r["name"], r["state"], r["type"], r["health"], r["duration"]) for r in g["rules"]] == [
         ("HighLatency", "pending", "alerting", "ok", 60.0), ("Up", "inactive", "alerting", "ok", 0.0)]
     assert rules_data([(group, 15.0, states)], kind="record")["groups"][0]["rules"] == []
+
+
+def test_keep_firing_for_delays_resolution():
+    (group,) = parse_rule_file(RULES.replace("for: 1m", "for: 0s\n        keep_firing_for: 30s"))
+    st = RuleState(group.rules[0])
+    assert [n.status for n in st.evaluate([({"region": "eu"}, 1.0)], 0)] == [FIRING]
+    assert st.evaluate([], 10) == [] and st.state == FIRING      # gone for 10 s < 30 s: still firing
+    (note,) = st.evaluate([], 30)
+    assert note.status == RESOLVED and note.alert.resolved_at_s == 30
