@@ -164,3 +164,18 @@ def test_repeated_closed_range_query_is_served_from_cache():
     first, second, other = run(calls)
     assert first == second
     assert orjson.loads(other)["data"]["result"][0]["values"][0][1] == "42.0"  # never another tenant's cache
+
+
+def test_matrix_encoding_skips_missing_steps_and_writes_inf():
+    import numpy as np
+
+    from tally.api.encode import encode_result
+    from tally.query.engine import QueryResult
+
+    times = np.array([1_000, 2_500, 4_000], dtype=np.int64)
+    data = np.array([[1.5, np.nan, np.inf], [np.nan, np.nan, np.nan], [0.1, 2.0, -np.inf]])
+    res = QueryResult("matrix", times, [(("a", "x"),), (("a", "y"),), ()], data, "1s")
+    doc = orjson.loads(encode_result(res))
+    assert doc == {"resultType": "matrix", "tier": "1s", "result": [
+        {"metric": {"a": "x"}, "values": [[1, "1.5"], [4, "+Inf"]]},
+        {"metric": {}, "values": [[1, "0.1"], [2.5, "2.0"], [4, "-Inf"]]}]}
