@@ -105,6 +105,8 @@ def build(t_env, source: Source, sink: Sink, cfg: TallyConfig, period: Period) -
         t_env.create_temporary_view(name, t_env.sql_query(query))
     for name, query in aggsql.bucket_views("classified", tiers=period.tiers, salt_buckets=cfg.salt_buckets):
         t_env.create_temporary_view(name, t_env.sql_query(query))
+        if name == "buckets":  # one row per bucket; later views are the stream sink's packing
+            break
     return sink(t_env, t_env.from_path("buckets"), cfg, period)
 
 
