@@ -184,6 +184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rates", default="100000,200000,300000,400000,500000,600000,700000,800000,1000000")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=["agent", "reference"], help="measure only one daemon")
+    parser.add_argument("--agent-rcvbuf-bytes", type=int, default=0,
+                        help="the agent's UDP receive buffer (0 = kernel default, like the reference)")
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",")]
     cfg = TallyConfig.from_env()
@@ -207,13 +209,15 @@ def main(argv=None) -> int:
         env = {**os.environ, "TALLY_HOME": str(tmp), "TALLY_STATSD_PORT": str(statsd_port),
                "TALLY_AGENT_HTTP_PORT": str(http_port), "TALLY_POINTS_TOPIC": topic,
                "TALLY_SERIES_TOPIC": series_topic, "TALLY_AGENT_WORKERS": str(args.workers),
-               "TALLY_AGENT_UDP_RECEIVE_BUFFER_BYTES": "0", "TALLY_KAFKA_PORT": str(cfg.ports.kafka)}
+               "TALLY_AGENT_UDP_RECEIVE_BUFFER_BYTES": str(args.agent_rcvbuf_bytes), "TALLY_KAFKA_PORT": str(cfg.ports.kafka)}
         proc = subprocess.Popen([sys.executable, "-m", "tally.cli", "agent"], env=env, cwd=REPO_ROOT,
                                 stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{http_port}/metrics"
         try:
             wait_port(lambda: agent_received(url))
-            print(f"Tally agent ({args.workers} SO_REUSEPORT workers, 1 s aggregates to Kafka topic {topic}):")
+            buf = f"{args.agent_rcvbuf_bytes:,} B" if args.agent_rcvbuf_bytes else "kernel default"
+            print(f"Tally agent ({args.workers} SO_REUSEPORT workers, UDP receive buffer {buf}, "
+                  f"1 s aggregates to Kafka topic {topic}):")
             results["agent"] = step_up("agent", statsd_port, lambda: agent_received(url), rates,
                                        args.step_seconds, datagrams, proc.pid)
         finally:
