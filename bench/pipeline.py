@@ -170,8 +170,10 @@ def buckets_written(cfg, job_id):
     """Bucket rows the sink has written to Cassandra (its buckets_written_<tier> counters)."""
     for v in rest(cfg, f"/jobs/{job_id}")["vertices"]:
         if "bucket-sink" in v["name"]:
-            names = [m["id"] for m in rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/metrics")
-                     if ".tally.buckets_written_" in m["id"]]
+            # Ids are "<subtask>.<operator>.tally.<name>"; the aggregate endpoint takes them
+            # without the subtask.
+            names = sorted({m["id"].split(".", 1)[1] for m in rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/metrics")
+                            if ".tally.buckets_written_" in m["id"]})
             total = 0
             for name in names:
                 got = rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics?get={urllib.parse.quote(name)}&agg=sum")
