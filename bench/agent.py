@@ -3,11 +3,13 @@
 Workload (the issue's): 1,000 series - 500 tagged counters, 300 timers, 200 gauges - lines
 drawn 50 % counters / 30 % timers / 20 % gauges, 20 lines per datagram, sent from 16 UDP
 sockets (distinct source ports, so SO_REUSEPORT spreads them over the agent's workers) at a
-paced offered rate that steps up (default 100k, 200k, ... lines/s, 10 s per step).  Loss per
-step = 1 - received / sent, where received is the daemon's own count of lines: the agent's
+paced offered rate that steps up (default 50k, 100k, 150k, 200k, 300k, ... lines/s, 10 s per
+step; at each rate the agent's step and the reference's step run back to back, so both see
+the same background load of this shared machine).  Loss per step = 1 - received / sent, where received is the daemon's own count of lines: the agent's
 ``tally_agent_received_lines_total`` on /metrics, the reference's ``statsd.metrics_received``
 summed over its flushes by bench/statsd_count_backend.js (read on its management port).
-The highest step with loss <= 0.1 % is each daemon's figure.
+The highest step with loss <= 0.1 % is each daemon's figure; each step also prints the
+daemon's CPU seconds (process + children) and lines per CPU second.
 
 Both daemons run with the kernel's default UDP receive buffer (the agent's
 ``agent_udp_receive_buffer_bytes`` is set to 0 here) so neither hides a deficit in a big
@@ -119,33 +121,53 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def step_up(name: str, port: int, read_received, rates: list[int], step_s: float, datagrams, pid: int) -> int:
-    """Run the steps; returns the highest offered rate with loss <= MAX_LOSS."""
-    best = 0
-    failures = 0
+class Daemon:
+    """One daemon under test: where to send, how to read its received-lines count."""
+
+    def __init__(self, name: str, port: int, read_received, pid: int):
+        self.name, self.port, self.read_received, self.pid = name, port, read_received, pid
+        self.best = 0
+        self.failures = 0
+        self.done = False
+
+
+def measure(d: Daemon, rate: int, step_s: float, datagrams) -> bool:
+    """One step at the offered rate; prints it and returns whether loss <= MAX_LOSS."""
+    time.sleep(2.5)
+    before = d.read_received()
+    cpu0 = cpu_seconds(d.pid)
+    t0 = time.perf_counter()
+    sent = send_at(d.port, rate, step_s, datagrams)
+    elapsed = time.perf_counter() - t0
+    time.sleep(3.0)  # let the daemon report what it took in (flush intervals are 1 s)
+    received = d.read_received() - before
+    cpu = cpu_seconds(d.pid) - cpu0
+    loss = 1 - received / sent if sent else 1.0
+    achieved = sent / elapsed
+    ok = loss <= MAX_LOSS and achieved >= 0.97 * rate
+    print(f"  {d.name:9s} offered {rate:>9,}/s (sent {achieved:>9,.0f}/s): received {received:>10,} of "
+          f"{sent:>10,} lines, loss {loss * 100:6.3f} %, {cpu:5.1f} CPU s = "
+          f"{received / cpu if cpu else 0:>9,.0f} lines per CPU second, load {os.getloadavg()[0]:4.1f}"
+          f"{'' if ok else '  <- over'}", flush=True)
+    if not ok and achieved < 0.97 * rate:
+        print("  (the generator could not offer this rate on this machine)")
+    return ok
+
+
+def step_up(daemons: list[Daemon], rates: list[int], step_s: float, datagrams) -> None:
+    """For each offered rate, one step per daemon back to back (so both see the same
+    background load); a daemon stops after two failed steps in a row."""
     for rate in rates:
-        time.sleep(2.5)
-        before = read_received()
-        cpu0 = cpu_seconds(pid)
-        t0 = time.perf_counter()
-        sent = send_at(port, rate, step_s, datagrams)
-        elapsed = time.perf_counter() - t0
-        time.sleep(3.0)  # let the daemon report what it took in (flush intervals are 1 s)
-        received = read_received() - before
-        cpu = cpu_seconds(pid) - cpu0
-        loss = 1 - received / sent if sent else 1.0
-        achieved = sent / elapsed
-        ok = loss <= MAX_LOSS and achieved >= 0.97 * rate
-        print(f"  {name:9s} offered {rate:>9,}/s (sent {achieved:>9,.0f}/s): received {received:>10,} of "
-              f"{sent:>10,} lines, loss {loss * 100:6.3f} %, {cpu:5.1f} CPU s = "
-              f"{received / cpu if cpu else 0:>9,.0f} lines per CPU second{'' if ok else '  <- over'}", flush=True)
-        if ok:
-            best, failures = rate, 0
-        else:
-            failures += 1
-            if failures >= 2 or achieved < 0.97 * rate:
-                break
-    return best
+        for d in daemons:
+            if d.done:
+                continue
+            if measure(d, rate, step_s, datagrams):
+                d.best, d.failures = rate, 0
+            else:
+                d.failures += 1
+                d.done = d.failures >= 2
+        if all(d.done for d in daemons):
+            break
 
 
 def agent_received(url: str) -> int:
@@ -181,7 +203,7 @@ def wait_port(fn, timeout_s=30):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--step-seconds", type=float, default=10)
-    parser.add_argument("--rates", default="100000,200000,300000,400000,500000,600000,700000,800000,1000000")
+    parser.add_argument("--rates", default="50000,100000,150000,200000,300000,400000,500000,600000,800000,1000000")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=["agent", "reference"], help="measure only one daemon")
     parser.add_argument("--agent-rcvbuf-bytes", type=int, default=0,
@@ -199,53 +221,48 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.1f} at start")
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="tally-bench-agent-"))
-    results = {}
     statsd_port, http_port, ref_port, ref_mgmt = 18325, 18326, 18425, 18426
-
-    if args.only in (None, "agent"):
-        topic, series_topic = f"tally.bench.{run}.points", f"tally.bench.{run}.series"
-        ensure_topic(cfg, topic, cfg.kafka_partitions)
-        ensure_topic(cfg, series_topic, cfg.kafka_partitions)
-        env = {**os.environ, "TALLY_HOME": str(tmp), "TALLY_STATSD_PORT": str(statsd_port),
-               "TALLY_AGENT_HTTP_PORT": str(http_port), "TALLY_POINTS_TOPIC": topic,
-               "TALLY_SERIES_TOPIC": series_topic, "TALLY_AGENT_WORKERS": str(args.workers),
-               "TALLY_AGENT_UDP_RECEIVE_BUFFER_BYTES": str(args.agent_rcvbuf_bytes), "TALLY_KAFKA_PORT": str(cfg.ports.kafka)}
-        proc = subprocess.Popen([sys.executable, "-m", "tally.cli", "agent"], env=env, cwd=REPO_ROOT,
-                                stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{http_port}/metrics"
-        try:
+    daemons, cleanup = [], []
+    try:
+        if args.only in (None, "agent"):
+            topic, series_topic = f"tally.bench.{run}.points", f"tally.bench.{run}.series"
+            ensure_topic(cfg, topic, cfg.kafka_partitions)
+            ensure_topic(cfg, series_topic, cfg.kafka_partitions)
+            cleanup.append(lambda: (delete_topic(cfg, topic), delete_topic(cfg, series_topic)))
+            env = {**os.environ, "TALLY_HOME": str(tmp), "TALLY_STATSD_PORT": str(statsd_port),
+                   "TALLY_AGENT_HTTP_PORT": str(http_port), "TALLY_POINTS_TOPIC": topic,
+                   "TALLY_SERIES_TOPIC": series_topic, "TALLY_AGENT_WORKERS": str(args.workers),
+                   "TALLY_AGENT_UDP_RECEIVE_BUFFER_BYTES": str(args.agent_rcvbuf_bytes),
+                   "TALLY_KAFKA_PORT": str(cfg.ports.kafka)}
+            agent = subprocess.Popen([sys.executable, "-m", "tally.cli", "agent"], env=env, cwd=REPO_ROOT,
+                                     stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT)
+            cleanup.insert(0, lambda: (agent.send_signal(signal.SIGTERM), agent.wait(60)))
+            url = f"http://127.0.0.1:{http_port}/metrics"
             wait_port(lambda: agent_received(url))
             buf = f"{args.agent_rcvbuf_bytes:,} B" if args.agent_rcvbuf_bytes else "kernel default"
-            print(f"Tally agent ({args.workers} SO_REUSEPORT workers, UDP receive buffer {buf}, "
-                  f"1 s aggregates to Kafka topic {topic}):")
-            results["agent"] = step_up("agent", statsd_port, lambda: agent_received(url), rates,
-                                       args.step_seconds, datagrams, proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-            delete_topic(cfg, topic)
-            delete_topic(cfg, series_topic)
-
-    if args.only in (None, "reference"):
-        if not statsd_js.exists():
-            print(f"reference StatsD not installed at {statsd_js}: run ./dev setup")
-            return 2
-        conf = tmp / "statsd-config.js"
-        backend = REPO_ROOT / "bench" / "statsd_count_backend.js"
-        conf.write_text("{ port: %d, address: '127.0.0.1', mgmt_port: %d, mgmt_address: '127.0.0.1', "
-                        "flushInterval: 1000, backends: ['%s'] }\n" % (ref_port, ref_mgmt, backend))
-        node = shutil.which("node") or "node"
-        proc = subprocess.Popen([node, str(statsd_js), str(conf)], cwd=statsd_js.parent,
-                                stdout=open(tmp / "reference.log", "w"), stderr=subprocess.STDOUT)
-        try:
+            print(f"agent: Tally agent, {args.workers} SO_REUSEPORT worker processes, UDP receive buffer {buf}, "
+                  f"1 s aggregates to the real Kafka (topic {topic})")
+            daemons.append(Daemon("agent", statsd_port, lambda: agent_received(url), agent.pid))
+        if args.only in (None, "reference"):
+            if not statsd_js.exists():
+                print(f"reference StatsD not installed at {statsd_js}: run ./dev setup")
+                return 2
+            conf = tmp / "statsd-config.js"
+            backend = REPO_ROOT / "bench" / "statsd_count_backend.js"
+            conf.write_text("{ port: %d, address: '127.0.0.1', mgmt_port: %d, mgmt_address: '127.0.0.1', "
+                            "flushInterval: 1000, backends: ['%s'] }\n" % (ref_port, ref_mgmt, backend))
+            node = shutil.which("node") or "node"
+            ref = subprocess.Popen([node, str(statsd_js), str(conf)], cwd=statsd_js.parent,
+                                   stdout=open(tmp / "reference.log", "w"), stderr=subprocess.STDOUT)
+            cleanup.insert(0, lambda: (ref.terminate(), ref.wait(30)))
             wait_port(lambda: reference_received(ref_mgmt))
-            print("reference: Etsy StatsD 0.9.0 (npm statsd, one Node.js process):")
-            results["reference"] = step_up("reference", ref_port, lambda: reference_received(ref_mgmt), rates,
-                                           args.step_seconds, datagrams, proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-
+            print("reference: Etsy StatsD 0.9.0 (npm statsd, one Node.js process, kernel default UDP buffer)")
+            daemons.append(Daemon("reference", ref_port, lambda: reference_received(ref_mgmt), ref.pid))
+        step_up(daemons, rates, args.step_seconds, datagrams)
+    finally:
+        for fn in cleanup:
+            fn()
+    results = {d.name: d.best for d in daemons}
     print()
     for name, best in results.items():
         print(f"{name:9s} highest rate with <= {MAX_LOSS * 100:g} % loss: {best:,} lines/s")
