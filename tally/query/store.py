@@ -10,6 +10,8 @@ Reads, per series and tier, the buckets with start in [start, end]:
   adjacent, so nothing is missed.  ``margin`` (2 s) absorbs a sink clock slightly ahead.
 - **Redis down** (connection refused, timeout): the Redis part is read from Cassandra too,
   a warning says so, and Redis is not tried again for ``redis_retry_s``.
+- **Redis key missing** (evicted under ``maxmemory``, lost in a restart): a series with no
+  bucket in Redis for ``[split, end]`` is read from Cassandra for that part too.
 - **Dense reads.**  One prepared statement per (tier, columns) reads the same time slice of
   up to 100 partitions per request (``sid IN ?``, ~20,000 rows; never a query per bucket,
   and not one per series either: the driver's per-request cost dominated); requests run
@@ -73,7 +75,8 @@ class BucketStore:
         self._lock = asyncio.Lock()
         self.rows_per_request = rows_per_request
         self.max_sids_per_request = max_sids_per_request
-        self.reads = {"cassandra_partitions": 0, "cassandra_requests": 0, "redis_keys": 0, "redis_fallbacks": 0}
+        self.reads = {"cassandra_partitions": 0, "cassandra_requests": 0, "redis_keys": 0, "redis_fallbacks": 0,
+                      "redis_misses": 0}
 
     # -- connections --------------------------------------------------------------------------
 
@@ -110,7 +113,7 @@ class BucketStore:
         if self._redis is None:
             import redis.asyncio as aioredis
 
-            self._redis = aioredis.Redis.from_url(self.cfg.redis_url, socket_timeout=2, socket_connect_timeout=1)
+            self._redis = aioredis.Redis.from_url(self.cfg.redis_url, socket_timeout=10, socket_connect_timeout=1)
         return self._redis
 
     async def close(self) -> None:
@@ -185,6 +188,20 @@ class BucketStore:
             if latest_only:  # the newest bucket came from Redis where it had one
                 todo = [m for m in metas if m.sid not in redis_part]
             cass_part = await self._read_cassandra(tenant, tier, todo, start_ms, cass_end, columns, latest_only)
+        # A series with nothing in Redis for [split, end] may have had its key evicted (Redis
+        # under maxmemory) or lost: read that part from Cassandra as well, so an eviction
+        # costs speed, never a gap.  (Series without recent data pay one extra read.)
+        missing = [m for m in metas if m.sid not in redis_part] if use_redis and cass_end < end_ms else []
+        if missing:
+            self.reads["redis_misses"] += len(missing)
+            late = await self._read_cassandra(tenant, tier, missing, cass_end + 1, end_ms, columns, latest_only)
+            for sid, b in late.items():
+                a = cass_part.get(sid)
+                if latest_only or a is None:
+                    cass_part[sid] = b
+                else:
+                    cass_part[sid] = Buckets(np.concatenate([a.ts, b.ts]),
+                                             {c: np.concatenate([a.cols[c], b.cols[c]]) for c in columns})
         out = {}
         for meta in metas:
             a, b = cass_part.get(meta.sid), redis_part.get(meta.sid)

@@ -254,6 +254,21 @@ def test_redis_and_cassandra_paths_give_the_same_numbers(loaded):
     assert cass_reads["redis_keys"] == 0 and cass_reads["cassandra_partitions"] > 0
     for (a, _), (b, _), (expr, _) in zip(from_redis, from_cassandra, QUERIES):
         assert a and a == b, expr
+    # A key evicted from Redis (maxmemory) or lost: that series is read from Cassandra.
+    import redis
+
+    from sinks.redis_cache import bucket_key
+
+    client = redis.Redis.from_url(cfg.redis_url)
+    try:
+        gone = series_id(TENANT, "cpu_usage", {"host": "h1", "region": "eu"})
+        assert client.delete(*(bucket_key(cfg.keyspace, t, TENANT, gone.id) for t in ("1s", "10s"))) == 2
+    finally:
+        client.close()
+    evicted, reads = _range_all(cfg, base)
+    assert reads["redis_misses"] >= 1
+    for (a, _), (b, _), (expr, _) in zip(from_cassandra, evicted, QUERIES):
+        assert a == b, expr
     # Redis down (nothing listens on its port): same numbers from Cassandra, with a warning.
     down = dataclasses.replace(cfg, ports=dataclasses.replace(cfg.ports, redis=free_port()))
     fallback, reads = _range_all(down, base)
