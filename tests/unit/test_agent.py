@@ -214,3 +214,36 @@ def _wait(cond, timeout_s=10):
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
+
+
+def test_worker_flushes_in_slices_with_increasing_seqs_then_ticks(tmp_path):
+    import dataclasses
+    import json
+
+    from tally.agent.worker import Worker
+    from tally.config import TallyConfig
+
+    cfg = dataclasses.replace(TallyConfig(), home=tmp_path, agent_tenant="acme")
+    log = {"down": False, "delivered": [], "ticks": []}
+
+    class Recorder(FlakyKafka):
+        def deliver(self, batch, timeout_s):
+            log["delivered"].extend(json.loads(rec) for _sid, rec in batch.points)
+
+    w = Worker(cfg, 0, make_producer=lambda: Recorder(log))
+    w.sender.start()
+    w.agg.ingest("\n".join(f"m{i}:1|c" for i in range(300)), NOW)
+    w.agg.ingest("m0:1|c", NOW + 1)
+    w.start_flush(NOW + 1)
+    slices = 0
+    while w._pending:
+        w._advance(0.0)  # one aggregate per slice
+        slices += 1
+    w.flush(None)  # shutdown: everything left
+    w.sender.stop()
+    assert slices == 301  # one aggregate per slice, then the call that hands the batch over
+    delivered = log["delivered"]
+    assert [p["seq"] for p in delivered] == list(range(1, 302))
+    assert {p["pid"] for p in delivered} == {w.pid}
+    assert [p["ts"] for p in delivered] == [NOW * 1000] * 300 + [(NOW + 1) * 1000]
+    assert log["ticks"][0] == (NOW + 1) * 1000
