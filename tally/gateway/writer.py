@@ -68,10 +68,18 @@ class AckedPointProducer(PointProducer):
 
     def close_now(self) -> None:
         """Close without waiting: records not yet acknowledged fail."""
+        inner = self.recorder._inner
         try:
-            self.recorder._inner.close(timeout=0)
-        except Exception:  # closing a broken producer must not mask the original error
-            log.exception("closing the Kafka producer failed")
+            inner.close(timeout=0)
+        except Exception as exc:
+            # kafka-python 3.0 flushes even with timeout 0 and raises while records are pending,
+            # leaving its sender thread running (it would deliver them after we answered 503,
+            # and leak a thread per outage): force the sender closed so they fail now.
+            sender = getattr(inner, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+                sender.join(5)
+            log.info("Kafka producer force-closed after %s", type(exc).__name__)
 
 
 @dataclass

@@ -288,3 +288,75 @@ def test_kafka_refusing_connections_gives_503_with_retry_after(pipeline, tmp_pat
         assert "tally_gateway_kafka_up 0" in gw.metrics()
     finally:
         gw.stop()
+
+
+def test_kafka_stopped_gives_503_and_every_acknowledged_point_is_in_kafka(stack_cfg, tmp_path):
+    """A PRIVATE broker (own TALLY_HOME and ports through the launcher; the shared stack is
+    untouched) is stopped under the gateway and started again: while it is down writes get
+    503 + Retry-After; every write answered 200 is in the topic afterwards."""
+    import dataclasses
+
+    from kafka import KafkaConsumer
+
+    from tally.point import decode as decode_point
+    from tally.producer import ensure_topic
+    from tally.stack import launcher
+
+    home = tmp_path / "kafka-home"
+    home.mkdir()
+    (home / "cache").symlink_to(stack_cfg.cache_dir)  # reuse the stack's downloaded jars
+    cfg = dataclasses.replace(stack_cfg, home=home, points_topic="tally.gw.outage.points",
+                              series_topic="tally.gw.outage.series",
+                              ports=dataclasses.replace(stack_cfg.ports, kafka=free_port(), kafka_controller=free_port()))
+    quiet = lambda _msg: None  # noqa: E731
+    launcher.up(cfg, ["kafka"], timeout_s=120, log=quiet)
+    gw = None
+    try:
+        for topic in (cfg.points_topic, cfg.series_topic):
+            ensure_topic(cfg, topic, cfg.kafka_partitions)
+        gw = GatewayProcess(cfg, tmp_path, TALLY_KAFKA_PORT=str(cfg.ports.kafka))
+        acked: list[float] = []
+
+        def push_value(v: float) -> tuple[int, dict, dict]:
+            status, headers, body = post(gw.url + "/api/v1/push",
+                                         json.dumps({"points": [{"name": "it.outage", "value": v}]}).encode(),
+                                         {"Authorization": f"Bearer {KEY}"})
+            if status == 200:
+                acked.append(v)
+            return status, headers, body
+
+        assert push_value(1.0)[0] == 200
+        launcher.down(cfg, ["kafka"], log=quiet)
+        statuses = []
+        for i in range(3):
+            status, headers, body = push_value(100.0 + i)
+            statuses.append(status)
+            assert status == 503 and int(headers["Retry-After"]) >= 1, body
+            assert "nothing of this request was written" in body["error"]
+        assert "tally_gateway_kafka_up 0" in gw.metrics()
+
+        launcher.up(cfg, ["kafka"], timeout_s=120, log=quiet)
+        deadline = time.monotonic() + 90
+        v = 200.0
+        while push_value(v)[0] != 200:
+            assert time.monotonic() < deadline, "the gateway did not recover after Kafka came back"
+            time.sleep(1)
+            v += 1
+        assert push_value(999.0)[0] == 200
+
+        consumer = KafkaConsumer(cfg.points_topic, bootstrap_servers=cfg.kafka_bootstrap,
+                                 auto_offset_reset="earliest")
+        stored: list[float] = []
+        try:
+            deadline = time.monotonic() + 30
+            while not set(acked) <= set(stored) and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=1000).values():
+                    stored += [p["last"] for p in map(decode_point, (r.value for r in records)) if p["type"] == "g"]
+        finally:
+            consumer.close()
+        assert set(acked) <= set(stored), (acked, stored)
+        assert {1.0, 999.0} <= set(acked)
+    finally:
+        if gw is not None:
+            gw.stop()
+        launcher.down(cfg, ["kafka"], log=quiet)
