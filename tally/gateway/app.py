@@ -29,7 +29,7 @@ from aiohttp import web
 from tally import remote_write
 from tally.auth import AuthError, KeyRing
 from tally.config import TallyConfig
-from tally.gateway.ingest import Batch, BodyError, from_push, from_remote_write, load_push
+from tally.gateway.ingest import Batch, BodyError, SeriesCache, from_push, from_remote_write, load_push
 from tally.gateway.metrics import GatewayMetrics
 from tally.limits import Limits, RateLimiter, SeriesLimiter
 
@@ -55,6 +55,7 @@ class Gateway:
     def __post_init__(self):
         self.series_limiter = SeriesLimiter(self.limits, clock=self.monotonic)
         self.rate_limiter = RateLimiter.from_limits(self.limits, clock=self.monotonic)
+        self.series_cache = SeriesCache()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -115,7 +116,7 @@ async def _handle(gw: Gateway, request: web.Request, endpoint: str) -> web.Respo
                            {"Retry-After": str(retry)}, reason="rate_limited")
 
     if endpoint == "write":
-        batch = from_remote_write(req, tenant, gw.limits, gw.series_limiter, now_ms)
+        batch = from_remote_write(req, tenant, gw.limits, gw.series_limiter, now_ms, gw.series_cache)
     else:
         batch = from_push(items, tenant, gw.limits, gw.series_limiter, now_ms)
 

@@ -20,7 +20,7 @@ from tally.limits import PROMETHEUS, STATSD, Limits, Rejection, SeriesLimiter, v
 from tally.remote_write import WriteRequest
 from tally.series import SeriesId, series_id
 
-__all__ = ["Sample", "Batch", "BodyError", "from_remote_write", "load_push", "from_push", "PUSH_TYPES", "MAX_MESSAGES"]
+__all__ = ["Sample", "Batch", "BodyError", "SeriesCache", "from_remote_write", "load_push", "from_push", "PUSH_TYPES", "MAX_MESSAGES"]
 
 MAX_MESSAGES = 20  # reasons with examples in a response; the counts cover everything
 PUSH_TYPES = frozenset({"c", "g", "ms", "h", "d", "s"})
@@ -78,8 +78,40 @@ def _admit_and_keep(batch: Batch, series: SeriesId, valid: list[Sample], limiter
     batch.accepted.extend(valid)
 
 
+class SeriesCache:
+    """Remembers what a label set resolved to (its SeriesId, or the Rejection it earned), so
+    the series Prometheus sends every few seconds are validated and hashed once.  Bounded:
+    cleared when full.  Valid for one Limits value (one cache per gateway)."""
+
+    def __init__(self, max_entries: int = 200_000):
+        self.max_entries = max_entries
+        self._entries: dict[tuple, SeriesId | Rejection] = {}
+
+    def get(self, key: tuple):
+        return self._entries.get(key)
+
+    def put(self, key: tuple, value: SeriesId | Rejection) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = value
+
+
+def _rw_series(labels_in: list[tuple[str, str]], tenant: str, limits: Limits) -> SeriesId:
+    """The series a remote_write label set names, or Rejection."""
+    names = [k for k, _ in labels_in]
+    if len(set(names)) != len(names):
+        dup = sorted({k for k in names if names.count(k) > 1})
+        raise Rejection("duplicate_label_name", f"series {_labels_text(labels_in)} repeats label(s) {dup}")
+    labels = {k: v for k, v in labels_in if v != ""}
+    name = labels.pop("__name__", None)
+    if name is None:
+        raise Rejection("missing_metric_name", f"series {_labels_text(labels_in)} has no __name__ label")
+    validate_series(name, labels, limits, PROMETHEUS)
+    return series_id(tenant, name, labels)
+
+
 def from_remote_write(req: WriteRequest, tenant: str, limits: Limits, limiter: SeriesLimiter,
-                      now_ms: int) -> Batch:
+                      now_ms: int, cache: SeriesCache | None = None) -> Batch:
     """Samples of a decoded remote_write request, each a gauge-typed sample of the series
     ``series_id(tenant, __name__, other labels)``.  Labels with an empty value are dropped
     (in Prometheus an empty label equals an absent one)."""
@@ -95,22 +127,19 @@ def from_remote_write(req: WriteRequest, tenant: str, limits: Limits, limiter: S
         n = len(ts.samples)
         if not n:
             continue
-        names = [k for k, _ in ts.labels]
-        if len(set(names)) != len(names):
-            dup = sorted({k for k in names if names.count(k) > 1})
-            batch.reject("duplicate_label_name", f"series {_labels_text(ts.labels)} repeats label(s) {dup}", n)
+        key = (tenant, tuple(ts.labels))
+        series = cache.get(key) if cache is not None else None
+        if series is None:
+            try:
+                series = _rw_series(ts.labels, tenant, limits)
+            except Rejection as exc:
+                series = exc
+            if cache is not None:
+                cache.put(key, series)
+        if isinstance(series, Rejection):
+            batch.reject(series.reason, series.message, n)
             continue
-        labels = {k: v for k, v in ts.labels if v != ""}
-        name = labels.pop("__name__", None)
-        if name is None:
-            batch.reject("missing_metric_name", f"series {_labels_text(ts.labels)} has no __name__ label", n)
-            continue
-        try:
-            validate_series(name, labels, limits, PROMETHEUS)
-        except Rejection as exc:
-            batch.reject(exc.reason, exc.message, n)
-            continue
-        series = series_id(tenant, name, labels)
+        name = series.name
         valid = []
         for value, t in ts.samples:
             if not math.isfinite(value):
