@@ -160,6 +160,7 @@ def load_tally(cfg: TallyConfig, data: Data, rows_by_tier) -> None:
 
     windows = {t: s * 1000 for t, s in redis_layout()["keys"]["bucket"]["window_seconds"].items()}
     client = redis.Redis.from_url(cfg.redis_url)
+    evicted_before = client.info("stats").get("evicted_keys", 0)
     try:
         for tier, rows in rows_by_tier.items():
             by_key: dict = {}
@@ -172,6 +173,10 @@ def load_tally(cfg: TallyConfig, data: Data, rows_by_tier) -> None:
                 pipe.pexpire(key, windows[tier])
             pipe.execute()
             print(f"  redis {tier}: {sum(len(m) for m in by_key.values()):,} buckets", flush=True)
+        evicted = client.info("stats").get("evicted_keys", 0) - evicted_before
+        memory = client.info("memory")
+        print(f"  redis memory {memory.get('used_memory_human')} of maxmemory {memory.get('maxmemory_human')}; "
+              f"keys evicted while loading: {evicted} (those series are read from Cassandra)", flush=True)
     finally:
         client.close()
 
@@ -251,6 +256,25 @@ def timed_get(conn: http.client.HTTPConnection, path: str, params: dict) -> tupl
     if resp.status != 200:
         raise RuntimeError(f"{path} {params}: HTTP {resp.status}: {body[:300]!r}")
     return elapsed, body
+
+
+def timed_runs(conn, path: str, params: dict, runs: int):
+    """(times, last body, error): the runs that answered; an error stops the series."""
+    times, body = [], b""
+    for _ in range(runs):
+        try:
+            t, body = timed_get(conn, path, params)
+        except Exception as exc:  # e.g. a Cassandra read timeout under load: report, go on
+            return times, body, str(exc)[:200]
+        times.append(t)
+    return times, body, None
+
+
+def fmt(times: list[float], error: str | None) -> str:
+    if not times:
+        return "error"
+    p50, p99 = percentiles(times)
+    return f"{p50:.0f} / {p99:.0f}" + (f" ({len(times)} ok)" if error else "")
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -353,38 +377,48 @@ def main(argv=None) -> int:
         details = []
         queries = [queries[2], queries[3], queries[0], queries[1], queries[4]]
         print(f"(load average before timing: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; 2 cores shared)")
+        errors = []
         for name, expr, vm_expr, start, end, step, label in queries:
             params = {"query": expr, "start": s(start), "end": s(end), "step": step}
-            cold = [timed_get(tally, "/api/v1/query_range", {**params, "nocache": 1}) for _ in range(args.runs)]
-            body = cold[-1][1]
-            tier = orjson.loads(body)["data"]["tier"]
-            timed_get(tally, "/api/v1/query_range", params)  # fill the cache
-            warm = [timed_get(tally, "/api/v1/query_range", params) for _ in range(args.runs)]
-            if warm[-1][1] != body:
-                a, b = orjson.loads(body)["data"]["result"], orjson.loads(warm[-1][1])["data"]["result"]
+            cold, body, err = timed_runs(tally, "/api/v1/query_range", {**params, "nocache": 1}, args.runs)
+            if err:
+                errors.append(f"{name} cold: {err}")
+            tier = orjson.loads(body)["data"]["tier"] if body else "?"
+            warm, warm_body, werr = [], b"", None
+            try:
+                timed_get(tally, "/api/v1/query_range", params)  # fill the cache
+                warm, warm_body, werr = timed_runs(tally, "/api/v1/query_range", params, args.runs)
+            except Exception as exc:
+                werr = str(exc)[:200]
+            if werr:
+                errors.append(f"{name} warm: {werr}")
+            if body and warm_body and warm_body != body:
+                a, b = orjson.loads(body)["data"]["result"], orjson.loads(warm_body)["data"]["result"]
                 differing = sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
                 if differing:
-                    print(f"  WARNING {name}: warm and cold results differ in {differing} series "
-                          f"({sum(len(x['values']) for x in a)} vs {sum(len(x['values']) for x in b)} points)")
+                    print(f"  WARNING {name}: warm and cold results differ in {differing} series")
             cass_cold = ""
             if name in ("Q1", "Q5"):
-                cc = [timed_get(cass, "/api/v1/query_range", {**params, "nocache": 1}) for _ in range(args.runs)]
-                cass_cold = "%.0f / %.0f" % percentiles([t for t, _ in cc])
+                cc, _, cerr = timed_runs(cass, "/api/v1/query_range", {**params, "nocache": 1}, args.runs)
+                cass_cold = fmt(cc, cerr)
+                if cerr:
+                    errors.append(f"{name} cassandra-only: {cerr}")
             vm_txt, ratio = "", ""
-            c50, c99 = percentiles([t for t, _ in cold])
-            w50, w99 = percentiles([t for t, _ in warm])
             if vm:
                 vm_params = {"query": vm_expr, "start": s(start), "end": s(end), "step": step, "nocache": 1}
-                timed_get(vm, "/api/v1/query_range", vm_params)
-                vt = [timed_get(vm, "/api/v1/query_range", vm_params) for _ in range(args.runs)]
-                v50, v99 = percentiles([t for t, _ in vt])
-                vm_txt = f"{v50:.1f} / {v99:.1f}"
-                ratio = f"{c99 / v99:.2f}x"
-                details.append(f"  {name}: tally {summarize(body)}; VM {summarize(vt[-1][1])}")
+                vt, vbody, verr = timed_runs(vm, "/api/v1/query_range", vm_params, args.runs + 1)
+                vt = vt[1:]
+                vm_txt = fmt(vt, verr)
+                if cold and vt:
+                    ratio = f"{percentiles(cold)[1] / percentiles(vt)[1]:.2f}x"
+                details.append(f"  {name}: tally {summarize(body) if body else '-'}; "
+                               f"VM {summarize(vbody) if vbody else '-'}")
             else:
-                details.append(f"  {name}: tally {summarize(body)}")
-            print(f"{name:4} {expr:52} {label:14} {tier:4} {c50:6.1f} / {c99:6.1f} {w50:5.1f} / {w99:5.1f} "
+                details.append(f"  {name}: tally {summarize(body) if body else '-'}")
+            print(f"{name:4} {expr:52} {label:14} {tier:4} {fmt(cold, err):>15} {fmt(warm, werr):>13} "
                   f"{cass_cold:>20} {vm_txt:>15} {ratio:>17}", flush=True)
+        if errors:
+            print("\nerrors:\n  " + "\n  ".join(errors))
         print("\nresponses:")
         print("\n".join(details))
         print(f"\n(load average after timing: {' '.join(f'{x:.1f}' for x in os.getloadavg())})")

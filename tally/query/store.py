@@ -13,7 +13,7 @@ Reads, per series and tier, the buckets with start in [start, end]:
 - **Redis key missing** (evicted under ``maxmemory``, lost in a restart): a series with no
   bucket in Redis for ``[split, end]`` is read from Cassandra for that part too.
 - **Dense reads.**  One prepared statement per (tier, columns) reads the same time slice of
-  up to 100 partitions per request (``sid IN ?``, ~20,000 rows; never a query per bucket,
+  up to 50 partitions per request (``sid IN ?``, ~5,000 rows; never a query per bucket,
   and not one per series either: the driver's per-request cost dominated); requests run
   concurrently (bounded), decoded by the driver's NumPy protocol handler straight into
   arrays; only the columns the query needs are selected.  Redis: one pipelined
@@ -52,8 +52,8 @@ class BucketStore:
 
     def __init__(self, cfg: TallyConfig, tiers: Sequence[Tier] = DEFAULT_TIERS, *, max_in_flight: int = 256,
                  index_ttl_s: float = 5.0, redis_margin_ms: int = 2000, redis_retry_s: float = 5.0,
-                 use_redis: bool = True, clock=time.time, rows_per_request: int = 20_000,
-                 max_sids_per_request: int = 100):
+                 use_redis: bool = True, clock=time.time, rows_per_request: int = 5_000,
+                 max_sids_per_request: int = 50):
         self.cfg = cfg
         self.keyspace = cfg.keyspace
         self.tiers = {t.name: t for t in tiers}
