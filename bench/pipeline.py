@@ -334,11 +334,17 @@ def main(argv):
           f"every stack service on this {os.cpu_count()}-core machine; live {args.live_rate:,.0f} points/s for "
           f"{args.live_seconds} s for freshness", flush=True)
 
+    factory = PointFactory(args.series, random.Random(1))
+    if args.points == 0:  # freshness only
+        try:
+            jobctl.prepare(cfg)
+            live(cfg, base_cfg, factory, args)
+        finally:
+            jobctl.remove_data(cfg)
+        return
     baseline = run_baseline(base_cfg, args.series, args.parallelism, args.baseline_seconds)
     print(f"baseline  Flink SQL datagen → TUMBLE 1 s → blackhole ({args.series:,} keys): {baseline:,.0f} rows/s",
           flush=True)
-
-    factory = PointFactory(args.series, random.Random(1))
     try:
         jobctl.prepare(cfg)
         fill_s, start_ms = fill_backlog(cfg, factory, args.points, event_seconds, args.producers)
@@ -359,20 +365,26 @@ def main(argv):
               + f"; {args.points / cpu_total:,.0f} points per CPU-second of the whole stack "
               f"({args.points / max(cpu.get('flink-taskmanager', 0), 1e-9):,.0f} per TaskManager CPU-second)",
               flush=True)
-        job_id = jobctl.submit(base_cfg, "aggregate", jobctl.job_flags(cfg))  # resumes after the backlog
-        try:
-            closer = PointProducer(cfg)
-            closer.tick(int(time.time() * 1000) - 5_000)
-            closer.flush()
-            closer.close()
-            live_r, live_c = live_freshness(cfg, factory, args.live_rate, args.live_seconds)
-        finally:
-            jobctl.cancel(base_cfg, job_id)
-        print(f"freshness 1 s tier, event-time bucket end → readable (live {args.live_rate:,.0f} points/s): "
-              f"Redis p50 {pct(live_r, .5) / 1000:.2f}s p99 {pct(live_r, .99) / 1000:.2f}s (n={len(live_r)}); "
-              f"Cassandra p50 {pct(live_c, .5) / 1000:.2f}s p99 {pct(live_c, .99) / 1000:.2f}s (n={len(live_c)})")
+        live(cfg, base_cfg, factory, args)
     finally:
         jobctl.remove_data(cfg)
+
+
+def live(cfg, base_cfg, factory, args):
+    """The job on live traffic (resuming after any backlog), and the 1 s tier's freshness."""
+    job_id = jobctl.submit(base_cfg, "aggregate", jobctl.job_flags(cfg))
+    try:
+        closer = PointProducer(cfg)
+        closer.tick(int(time.time() * 1000) - 5_000)
+        closer.flush()
+        closer.close()
+        live_r, live_c = live_freshness(cfg, factory, args.live_rate, args.live_seconds)
+    finally:
+        jobctl.cancel(base_cfg, job_id)
+    print(f"freshness 1 s tier, event-time bucket end → readable (live {args.live_rate:,.0f} points/s, grace "
+          f"{args.grace_seconds} s): Redis p50 {pct(live_r, .5) / 1000:.2f}s p99 {pct(live_r, .99) / 1000:.2f}s "
+          f"(n={len(live_r)}); Cassandra p50 {pct(live_c, .5) / 1000:.2f}s p99 {pct(live_c, .99) / 1000:.2f}s "
+          f"(n={len(live_c)})", flush=True)
 
 
 if __name__ == "__main__":

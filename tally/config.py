@@ -85,6 +85,7 @@ class TallyConfig:
     dedup_state_ttl_hours: int = 168  # forget producers silent this long
     checkpoint_interval_seconds: int = 10
     sink_batch_shards: int = 8  # bucket batches per (tier, tenant, window): sink record size
+    sink_bundle_ms: int = 100  # longest wait of a bucket batch before the Python sink gets it
     # HTTP API keys (tally.auth YAML); None = authentication off, tenant from X-Scope-OrgID.
     api_keys_file: Path | None = None
     # Ingestion limits (tally.limits.Limits.from_config reads every limit_* field).
