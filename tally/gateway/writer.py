@@ -104,8 +104,10 @@ class PointWriter:
 
     def __init__(self, cfg: TallyConfig, ack_timeout_s: float | None = None, retry_after_s: float = 5.0,
                  producer_factory: Callable[[TallyConfig], AckedPointProducer] = AckedPointProducer,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 probe: Callable[[TallyConfig], None] = probe_broker):
         self.cfg = cfg
+        self._probe = probe
         self.ack_timeout_s = cfg.gateway_ack_timeout_seconds if ack_timeout_s is None else ack_timeout_s
         self.retry_after_s = retry_after_s
         self._factory = producer_factory
@@ -213,7 +215,7 @@ class PointWriter:
 
     def _connect(self) -> AckedPointProducer:
         if self._producer is None:
-            probe_broker(self.cfg)
+            self._probe(self.cfg)
             self._producer = self._factory(self.cfg)
             log.info("gateway producer %s connected to %s", self._producer.producer_id, self.cfg.kafka_bootstrap)
         return self._producer
