@@ -133,6 +133,7 @@ class Report:
     by_tier: dict = field(default_factory=dict)  # tier -> {checked, missing, drifted}
     largest_drift: dict | None = None
     duration_s: float = 0.0
+    timings_s: dict = field(default_factory=dict)  # recompute (Flink batch), read, diff, repair
     notes: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -152,7 +153,8 @@ class Report:
             out.append(f"largest drift: {d['relative']:.3g} relative ({', '.join(d['fields'])}) in {d['tier']} bucket "
                        f"{d['ts']} of {d['tenant']}/{d['sid']}")
         out.extend(f"note: {n}" for n in self.notes)
-        out.append(f"took {self.duration_s:.1f}s")
+        steps = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.timings_s.items())
+        out.append(f"took {self.duration_s:.1f}s" + (f" ({steps})" if steps else ""))
         return out
 
 

@@ -17,7 +17,16 @@ from typing import Sequence
 
 from tally.schema import point_sql_columns
 
-__all__ = ["archive_ddl", "batch_classify_views", "period_bounds_ms"]
+__all__ = ["COLLECT_COLUMNS", "COLLECT_QUERY", "archive_ddl", "batch_classify_views", "period_bounds_ms"]
+
+# What the driver reads back from ``buckets``: keys NOT NULL (rejected rows have none), so
+# they arrive as int64 columns, never as floats.
+COLLECT_COLUMNS = ("kind", "tier", "tenant", "sid", "ts", "cnt", "total", "vmin", "vmax", "vlast", "last_ts", "sk")
+COLLECT_QUERY = """
+SELECT kind, tier, COALESCE(tenant, '') AS tenant, COALESCE(sid, CAST(0 AS BIGINT)) AS sid,
+  COALESCE(ts, CAST(0 AS BIGINT)) AS ts, cnt, total, vmin, vmax, vlast,
+  COALESCE(last_ts, CAST(0 AS BIGINT)) AS last_ts, sk
+FROM {table}"""
 
 
 def _columns_ddl() -> str:

@@ -24,6 +24,7 @@ from tally.tiers import Tier, partition_start_ms
 log = logging.getLogger(__name__)
 
 _READ_CONCURRENCY = 64
+_BATCH_ROWS = 5_000  # buckets handed to BucketWriter.write_batch at once
 
 
 class BucketStore:
@@ -110,17 +111,26 @@ class BucketStore:
         from cassandra.concurrent import execute_concurrent_with_args
 
         from sinks.cassandra import BucketRow, BucketWriter
+        from tally import bucketpack
 
         if not buckets:
             return 0
         now_ms = now_ms or int(time.time() * 1000)
         by_tier: dict[str, list[BucketRow]] = defaultdict(list)
+        batches: dict[tuple[str, str], list[tuple]] = defaultdict(list)
         for b in buckets:
             by_tier[b.tier].append(BucketRow(b.tenant, b.sid, b.ts, b.count, b.sum, b.min, b.max, b.last,
                                              b.last_ts, b.sketch))
+            batches[(b.tier, b.tenant)].append((b.sid, b.ts, b.count, b.sum, b.min, b.max, b.last, b.last_ts,
+                                                b.sketch))
+        # The stream sink's own batched upserts (UNLOGGED batches, bounded in flight, retried).
         writer = BucketWriter(self.cfg, tiers=self.tiers.values())
         try:
-            written = sum(writer.write(tier, rows) for tier, rows in by_tier.items())
+            written = 0
+            for (tier, tenant), rows in batches.items():
+                for i in range(0, len(rows), _BATCH_ROWS):
+                    batch = bucketpack.unpack(bucketpack.pack(rows[i:i + _BATCH_ROWS]))
+                    written += writer.write_batch(tier, tenant, batch)
         finally:
             writer.close()
         for tier_name, rows in by_tier.items():
