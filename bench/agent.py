@@ -11,9 +11,10 @@ summed over its flushes by bench/statsd_count_backend.js (read on its management
 The highest step with loss <= 0.1 % is each daemon's figure; each step also prints the
 daemon's CPU seconds (process + children) and lines per CPU second.
 
-Both daemons run with the kernel's default UDP receive buffer (the agent's
-``agent_udp_receive_buffer_bytes`` is set to 0 here) so neither hides a deficit in a big
-buffer.  The agent flushes its 1 s aggregates to the real Kafka of the local stack, on a
+Both daemons get the same UDP receive buffer: the kernel default unless ``--rcvbuf-bytes``
+(the agent's ``agent_udp_receive_buffer_bytes``; the reference's socket through
+bench/statsd_udp_server.js, statsd's own UDP server plus ``recvBufferSize``), so neither
+hides a deficit in a bigger buffer.  The agent flushes its 1 s aggregates to the real Kafka of the local stack, on a
 private topic removed at the end.  The reference is the npm package ``statsd`` 0.9.0
 installed by ``./dev setup`` under ``<TALLY_HOME>/npm`` (a single Node.js process).
 
@@ -206,8 +207,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rates", default="50000,100000,150000,200000,300000,400000,500000,600000,800000,1000000")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=["agent", "reference"], help="measure only one daemon")
-    parser.add_argument("--agent-rcvbuf-bytes", type=int, default=0,
-                        help="the agent's UDP receive buffer (0 = kernel default, like the reference)")
+    parser.add_argument("--rcvbuf-bytes", type=int, default=0,
+                        help="UDP receive buffer of BOTH daemons (0 = kernel default; at most "
+                             "net.core.rmem_max, which caps the reference's setting)")
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",")]
     cfg = TallyConfig.from_env()
@@ -223,6 +225,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tally-bench-agent-"))
     statsd_port, http_port, ref_port, ref_mgmt = 18325, 18326, 18425, 18426
     daemons, cleanup = [], []
+    buf = f"{args.rcvbuf_bytes:,} B requested" if args.rcvbuf_bytes else "kernel default"
     try:
         if args.only in (None, "agent"):
             topic, series_topic = f"tally.bench.{run}.points", f"tally.bench.{run}.series"
@@ -232,14 +235,13 @@ def main(argv=None) -> int:
             env = {**os.environ, "TALLY_HOME": str(tmp), "TALLY_STATSD_PORT": str(statsd_port),
                    "TALLY_AGENT_HTTP_PORT": str(http_port), "TALLY_POINTS_TOPIC": topic,
                    "TALLY_SERIES_TOPIC": series_topic, "TALLY_AGENT_WORKERS": str(args.workers),
-                   "TALLY_AGENT_UDP_RECEIVE_BUFFER_BYTES": str(args.agent_rcvbuf_bytes),
+                   "TALLY_AGENT_UDP_RECEIVE_BUFFER_BYTES": str(args.rcvbuf_bytes),
                    "TALLY_KAFKA_PORT": str(cfg.ports.kafka)}
             agent = subprocess.Popen([sys.executable, "-m", "tally.cli", "agent"], env=env, cwd=REPO_ROOT,
                                      stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT)
             cleanup.insert(0, lambda: (agent.send_signal(signal.SIGTERM), agent.wait(60)))
             url = f"http://127.0.0.1:{http_port}/metrics"
             wait_port(lambda: agent_received(url))
-            buf = f"{args.agent_rcvbuf_bytes:,} B" if args.agent_rcvbuf_bytes else "kernel default"
             print(f"agent: Tally agent, {args.workers} SO_REUSEPORT worker processes, UDP receive buffer {buf}, "
                   f"1 s aggregates to the real Kafka (topic {topic})")
             daemons.append(Daemon("agent", statsd_port, lambda: agent_received(url), agent.pid))
@@ -249,14 +251,17 @@ def main(argv=None) -> int:
                 return 2
             conf = tmp / "statsd-config.js"
             backend = REPO_ROOT / "bench" / "statsd_count_backend.js"
-            conf.write_text("{ port: %d, address: '127.0.0.1', mgmt_port: %d, mgmt_address: '127.0.0.1', "
-                            "flushInterval: 1000, backends: ['%s'] }\n" % (ref_port, ref_mgmt, backend))
+            server = REPO_ROOT / "bench" / "statsd_udp_server.js"
+            conf.write_text(
+                "{ mgmt_port: %d, mgmt_address: '127.0.0.1', flushInterval: 1000, backends: ['%s'], servers: "
+                "[{ server: '%s', port: %d, address: '127.0.0.1', recvBufferSize: %d }] }\n"
+                % (ref_mgmt, backend, server, ref_port, args.rcvbuf_bytes))
             node = shutil.which("node") or "node"
             ref = subprocess.Popen([node, str(statsd_js), str(conf)], cwd=statsd_js.parent,
                                    stdout=open(tmp / "reference.log", "w"), stderr=subprocess.STDOUT)
             cleanup.insert(0, lambda: (ref.terminate(), ref.wait(30)))
             wait_port(lambda: reference_received(ref_mgmt))
-            print("reference: Etsy StatsD 0.9.0 (npm statsd, one Node.js process, kernel default UDP buffer)")
+            print(f"reference: Etsy StatsD 0.9.0 (npm statsd, one Node.js process, UDP receive buffer {buf})")
             daemons.append(Daemon("reference", ref_port, lambda: reference_received(ref_mgmt), ref.pid))
         step_up(daemons, rates, args.step_seconds, datagrams)
     finally:
