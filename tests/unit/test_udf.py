@@ -43,7 +43,8 @@ def test_register_udfs_appends_the_jar_and_registers_every_function(tmp_path):
     udf.register_udfs(t_env, jar)  # idempotent: the jar is listed once
     assert t_env.config.values["pipeline.jars"] == f"file:///opt/kafka.jar;{jar.resolve().as_uri()}"
     assert t_env.functions == udf.FUNCTIONS
-    assert set(udf.FUNCTIONS) == {"sketch_agg", "sketch_of", "sketch_quantile", "last_by_time", "max_before"}
+    assert set(udf.FUNCTIONS) == {"sketch_agg", "sketch_of", "sketch_quantile", "last_by_time", "max_before",
+                                  "pack_buckets"}
 
 
 def test_register_udfs_reads_yaml_list_jars_as_written_by_env_add_jars(tmp_path):
