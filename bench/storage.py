@@ -83,6 +83,26 @@ def bucket_rows(tier, n: int, series: int, now_ms: int, pool: list[bytes] | None
     return rows
 
 
+def kafka_record_bytes(n: int, rng: random.Random) -> tuple[float, float, float]:
+    """(mean JSON bytes of a counter point, of a timer point with a one-value sketch, lz4 bytes
+    per point of the counters concatenated like a producer batch) for Kafka sizing."""
+    import lz4.frame
+
+    from tally import point
+    from tally.series import series_id
+
+    counters, timers = [], []
+    for i in range(n):
+        sid = series_id("tenant-042", f"app.requests.{i % 50}", {"host": f"host-{rng.randint(0, 499_999):06d}",
+                                                                 "region": f"r{i % 4}", "env": "prod"})
+        ts = 1_763_900_000_000 + i * 7
+        counters.append(point.encode(point.from_value(sid, "c", ts, rng.randint(1, 50), "agent-h-w0-0123456789", i)))
+        timers.append(point.encode(point.from_value(sid, "ms", ts, rng.lognormvariate(3, 0.8),
+                                                    "agent-h-w0-0123456789", i)))
+    joined = b"".join(counters)
+    return (len(joined) / n, sum(map(len, timers)) / n, len(lz4.frame.compress(joined)) / n)
+
+
 def table_dirs(cfg: TallyConfig, keyspace: str) -> dict[str, Path]:
     """buckets_<tier> -> its data directory under the stack's Cassandra data dir."""
     root = cfg.data_dir / "cassandra" / "data" / keyspace
@@ -164,6 +184,9 @@ def main() -> int:
           f"kinds: plain (no sketch), sketch (tally.sketch.Sketch of 50-200 lognormal values, pool of "
           f"{len(pool):,}, encoded {min(sizes)}-{max(sizes)} bytes, mean {sum(sizes) / len(sizes):.0f}); "
           f"written with BucketWriter.write_batch, RF 1, table compression default (LZ4)", flush=True)
+    counter_b, timer_b, lz4_b = kafka_record_bytes(20_000, rng)
+    print(f"Kafka point record (tally.point.encode, 20,000 points): counter {counter_b:.0f} B JSON, "
+          f"timer {timer_b:.0f} B JSON; counters lz4 as one batch {lz4_b:.1f} B/point", flush=True)
     try:
         for kind, cfg in cfgs.items():
             ensure_schema(cfg)
