@@ -94,8 +94,13 @@ def submit(cfg: TallyConfig, name: str = "aggregate", job_args: list[str] | None
         raise StackError(f"the job needs {job_cfg.job_parallelism} free task slot(s), the cluster has {free}: "
                          "cancel another job first (tally job list / tally job cancel ID)")
     flink = Flink()
+    client_env = flink.env(cfg)
+    if not (Path(client_env["FLINK_LIB_DIR"]).is_dir() and Path(client_env["FLINK_CONF_DIR"], "config.yaml").exists()):
+        # A cluster started from another checkout or TALLY_HOME: this one's client has no
+        # lib/ and conf/ yet (the launcher writes them on `stack up`).
+        flink.prepare(cfg)
     cmd = ["bash", str(flink.flink_home() / "bin" / "flink"), "run", "-d", "-py", str(script), *job_args]
-    result = subprocess.run(cmd, env=flink.env(cfg), capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    result = subprocess.run(cmd, env=client_env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     match = re.search(r"JobID ([0-9a-f]{32})", result.stdout + result.stderr)
     if result.returncode != 0 or not match:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
