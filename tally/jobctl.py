@@ -51,8 +51,14 @@ def prepare(cfg: TallyConfig) -> None:
     from sinks.cassandra import ensure_schema
     from tally.producer import ensure_topic
 
-    for topic in (cfg.points_topic, cfg.series_topic, cfg.late_topic):
-        ensure_topic(cfg, topic, partitions=cfg.kafka_partitions)
+    from tally.archive import topic_configs
+
+    # The points and late topics keep kafka_retention_hours; the archive keeps the rest.
+    # Series registrations are few and needed for as long as their series live: kept.
+    retention = topic_configs(cfg)
+    for topic, configs in ((cfg.points_topic, retention), (cfg.series_topic, {"retention.ms": "-1"}),
+                           (cfg.late_topic, retention)):
+        ensure_topic(cfg, topic, partitions=cfg.kafka_partitions, configs=configs)
     ensure_schema(cfg)
 
 
