@@ -306,3 +306,25 @@ def test_ticker_sends_lagging_watermark_ticks():
     asyncio.run(go())
     assert len(gw.writer.ticks) >= 2
     assert set(gw.writer.ticks) == {NOW - TallyConfig().gateway_tick_lag_seconds * 1000}
+
+
+def test_server_build_takes_keys_and_limits_from_the_config(tmp_path):
+    import dataclasses
+
+    from tally.gateway.server import build
+
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(json.dumps(KEYS))  # JSON is YAML
+    cfg = dataclasses.replace(TallyConfig(), api_keys_file=keys, limit_max_age_seconds=60,
+                              limit_max_series_per_metric=7)
+    gw = build(cfg)
+    try:
+        assert gw.keyring.enabled and gw.keyring.authorize({"Authorization": "Bearer prom-key-0001"}, "write") == "acme"
+        assert gw.limits.max_age_seconds == 60 and gw.limits.max_series_per_metric == 7
+    finally:
+        gw.writer.close()
+    gw = build(TallyConfig())
+    try:
+        assert not gw.keyring.enabled  # no key file: auth off
+    finally:
+        gw.writer.close()
