@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 32 * 1024 * 1024  # compressed request body
 MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 TICK_INTERVAL_S = 1.0
+OFFLOAD_DECODE_BYTES = 64 * 1024  # larger remote_write bodies are decoded on a worker thread
 
 
 @dataclass
@@ -97,7 +98,10 @@ async def _handle(gw: Gateway, request: web.Request, endpoint: str) -> web.Respo
             if "io.prometheus.write.v2" in request.headers.get("Content-Type", ""):
                 return _json_error(415, "remote_write 2.0 is not supported: send remote_write 1.0 "
                                         "(protobuf_message: prometheus.WriteRequest)")
-            req = remote_write.decode(body, MAX_DECOMPRESSED_BYTES)
+            if len(body) > OFFLOAD_DECODE_BYTES:  # pure and stateless: keep the loop free meanwhile
+                req = await asyncio.to_thread(remote_write.decode, body, MAX_DECOMPRESSED_BYTES)
+            else:
+                req = remote_write.decode(body, MAX_DECOMPRESSED_BYTES)
             received = sum(len(t.samples) + t.histograms for t in req.timeseries) + len(req.malformed)
         else:
             items = load_push(body)

@@ -328,3 +328,12 @@ def test_server_build_takes_keys_and_limits_from_the_config(tmp_path):
         assert not gw.keyring.enabled  # no key file: auth off
     finally:
         gw.writer.close()
+
+
+def test_large_remote_write_bodies_decode_off_the_loop_with_the_same_result():
+    series = [([("__name__", "big"), ("i", str(i)), ("pad", "p" * 40)], [(float(i), NOW)]) for i in range(3000)]
+    gw = gateway()
+    status, _, body = one(gw, rw(series))
+    assert len(encode_request(series)) > 64 * 1024  # over OFFLOAD_DECODE_BYTES
+    assert status == 200 and body["accepted"] == 3000
+    assert sorted(s.value for s in gw.writer.samples) == [float(i) for i in range(3000)]
