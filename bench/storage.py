@@ -103,6 +103,18 @@ def kafka_record_bytes(n: int, rng: random.Random) -> tuple[float, float, float]
     return (len(joined) / n, sum(map(len, timers)) / n, len(lz4.frame.compress(joined)) / n)
 
 
+def cassandra_cpu_s(cfg: TallyConfig) -> float | None:
+    """CPU seconds (user + system) the stack's Cassandra process has used so far (Linux /proc)."""
+    import os
+
+    try:
+        pid = int((cfg.run_dir / "cassandra.pid").read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def table_dirs(cfg: TallyConfig, keyspace: str) -> dict[str, Path]:
     """buckets_<tier> -> its data directory under the stack's Cassandra data dir."""
     root = cfg.data_dir / "cassandra" / "data" / keyspace
@@ -202,12 +214,15 @@ def main() -> int:
                 for tier in DEFAULT_TIERS:
                     rows = bucket_rows(tier, args.buckets, args.series, now_ms,
                                        pool if kind == "sketch" else None, rng)
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), cassandra_cpu_s(base)
                     for i in range(0, len(rows), PACK_ROWS):
                         writer.write_batch(tier.name, TENANT, unpack(pack(rows[i:i + PACK_ROWS])))
-                    took = time.perf_counter() - t0
+                    took, cpu1 = time.perf_counter() - t0, cassandra_cpu_s(base)
+                    cpu = (f"; Cassandra CPU {cpu1 - cpu0:.1f}s = {len(rows) / max(cpu1 - cpu0, 1e-9):,.0f} "
+                           "rows per Cassandra CPU-second (shared node: others' load included)"
+                           if cpu0 is not None and cpu1 is not None else "")
                     print(f"  wrote {len(rows):,} {kind} buckets to {cfg.keyspace}.{bucket_table(tier)} "
-                          f"in {took:.1f}s ({len(rows) / took:,.0f}/s)", flush=True)
+                          f"in {took:.1f}s ({len(rows) / took:,.0f}/s){cpu}", flush=True)
             finally:
                 writer.close()
         waited = wait_flushed(base, [c.keyspace for c in cfgs.values()], args.flush_timeout)
