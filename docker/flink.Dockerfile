@@ -15,7 +15,7 @@ RUN mvn -q -B dependency:copy -Dartifact=org.apache.flink:flink-sql-connector-ka
 FROM flink:2.2.1-scala_2.12-java17
 USER root
 # Tally needs Python >=3.11,<3.12 (pyproject.toml); the Flink image is Ubuntu-based.
-RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv socat \
+RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv socat curl \
     && rm -rf /var/lib/apt/lists/* && python3.11 -m venv /opt/venv
 WORKDIR /opt/tally
 COPY pyproject.toml README.md ./

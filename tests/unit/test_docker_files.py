@@ -332,3 +332,22 @@ def test_forwarders_point_at_services_on_their_ports():
             assert host in services, f"{name}: forwards to unknown service {host}"
             kind = re.sub(r"-\d+$", "", host)
             assert int(local) == int(port) == own_port[kind], f"{name}: {spec} is not {kind}'s port"
+
+
+def test_python_scripts_run_by_services_exist_in_the_image():
+    """`python <script>` commands (tally-init) name a file the service's image copies."""
+    for name, (dockerfile, _) in _built_dockerfiles().items():
+        cmd = _services()[name].get("command") or []
+        if cmd[:1] == ["python"]:
+            script = cmd[1]
+            assert (REPO_ROOT / script).is_file(), f"{name} runs {script}, missing from the repo"
+            copied = [src for w, rest in _instructions(dockerfile) if w == "COPY" and "--from=" not in rest
+                      for src in _copy_sources(rest)]
+            assert any(script == src or script.startswith(src.rstrip("/") + "/") for src in copied), \
+                f"{name} runs {script}, which {dockerfile.name} does not copy"
+
+
+def test_flink_healthcheck_tool_is_installed():
+    test = " ".join(_services()["flink-jobmanager"]["healthcheck"]["test"])
+    if "curl" in test:
+        assert re.search(r"apt-get install[^\n]*\bcurl\b", (DOCKER / "flink.Dockerfile").read_text())
