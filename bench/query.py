@@ -265,7 +265,7 @@ def timed_runs(conn, path: str, params: dict, runs: int):
         try:
             t, body = timed_get(conn, path, params)
         except Exception as exc:  # e.g. a Cassandra read timeout under load: report, go on
-            return times, body, str(exc)[:200]
+            return times, body, str(exc)[-300:]
         times.append(t)
     return times, body, None
 
