@@ -69,6 +69,7 @@ class TallyConfig:
     keyspace: str = "tally"
     kafka_heap_mb: int = 384
     cassandra_heap_mb: int = 768
+    redis_max_memory_mb: int = 1024
     flink_jobmanager_process_mb: int = 1024
     flink_taskmanager_process_mb: int = 3072
     # Several small jobs (tests, benchmarks, reconciliation) can run side by side.

@@ -298,7 +298,9 @@ class Redis:
             "--port", str(cfg.ports.redis), "--bind", cfg.host,
             "--dir", str(cfg.data_dir / "redis"),
             "--appendonly", "yes", "--daemonize", "no", "--logfile", "",
-            "--maxmemory", "256mb", "--maxmemory-policy", "volatile-lru",
+            # Recent buckets expire (PEXPIRE) and may be evicted under pressure, the query
+            # reads Cassandra for a missing key; data-quality hashes have no TTL: kept.
+            "--maxmemory", f"{cfg.redis_max_memory_mb}mb", "--maxmemory-policy", "volatile-lru",
         ]
         return [Proc("redis", argv, _base_env())]
 
