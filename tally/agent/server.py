@@ -36,19 +36,24 @@ _METRICS = (
     ("tally_agent_spool_bytes", "gauge", "Bytes in the disk spool", "spool_bytes"),
     ("tally_agent_spool_batches", "gauge", "Batches in the disk spool", "spool_batches"),
     ("tally_agent_kafka_up", "gauge", "1 when the last delivery to Kafka succeeded", "kafka_up"),
+    ("tally_agent_loop_max_turn_seconds", "gauge",
+     "Longest receive-loop turn in the last flush interval (reading + a flush slice): the longest "
+     "the sockets went unread",
+     "loop_max_turn_seconds"),
 )
 
 
-def render_metrics(snapshots: dict[int, dict]) -> str:
-    """Prometheus text exposition of the workers' latest counter snapshots (summed, and per
-    worker for the Kafka state)."""
+def render_metrics(snapshots: dict) -> str:
+    """Prometheus text exposition of the latest counter snapshots of every worker's receive
+    loop and sender process (summed; per worker for the gauges)."""
     out = []
     for name, mtype, help_text, key in _METRICS:
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {mtype}")
-        if key in ("kafka_up", "spool_bytes", "spool_batches"):
-            for index, snap in sorted(snapshots.items()):
-                out.append(f'{name}{{worker="{index}"}} {snap.get(key, 0)}')
+        if key in ("kafka_up", "spool_bytes", "spool_batches", "loop_max_turn_seconds"):
+            for snap in sorted(snapshots.values(), key=lambda sn: sn.get("worker", 0)):
+                if key in snap:
+                    out.append(f'{name}{{worker="{snap.get("worker", 0)}"}} {snap[key]}')
         else:
             out.append(f"{name} {sum(s.get(key, 0) for s in snapshots.values())}")
     name = "tally_agent_rejected_lines_total"
@@ -62,7 +67,7 @@ def render_metrics(snapshots: dict[int, dict]) -> str:
         out.append(f'{name}{{reason="{reason}"}} {n}')
     out.append("# HELP tally_agent_workers Worker processes reporting")
     out.append("# TYPE tally_agent_workers gauge")
-    out.append(f"tally_agent_workers {len(snapshots)}")
+    out.append(f"tally_agent_workers {sum(1 for s in snapshots.values() if s.get('role') != 'sender')}")
     return "\n".join(out) + "\n"
 
 
@@ -74,7 +79,7 @@ class Agent:
         self.ctx = multiprocessing.get_context("fork")
         self.stats_queue = self.ctx.Queue()
         self.stop_event = self.ctx.Event()
-        self.snapshots: dict[int, dict] = {}
+        self.snapshots: dict[tuple[int, str], dict] = {}
         self.workers: list = []
 
     def start(self) -> None:
@@ -95,7 +100,7 @@ class Agent:
                 continue
             except (EOFError, OSError):
                 return
-            self.snapshots[snap["worker"]] = snap
+            self.snapshots[(snap["worker"], snap.get("role", "receiver"))] = snap
 
     def stop(self, timeout_s: float = 60) -> None:
         self.stop_event.set()

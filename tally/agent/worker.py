@@ -12,6 +12,7 @@ current second.  Counters go to the parent process once per flush for ``/metrics
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import selectors
@@ -96,7 +97,8 @@ def _unix_socket(path: Path, rcvbuf: int) -> socket.socket:
 class Worker:
     """The receive loop of one worker process."""
 
-    def __init__(self, cfg: TallyConfig, index: int, stats_queue=None, stop_event=None, make_producer=None):
+    def __init__(self, cfg: TallyConfig, index: int, stats_queue=None, stop_event=None, make_producer=None,
+                 sender_process: bool = False):
         self.cfg = cfg
         self.index = index
         self.stats_queue = stats_queue
@@ -105,11 +107,14 @@ class Worker:
         self.seq = 0
         limits = Limits.from_config(cfg)
         self.agg = Aggregator(cfg.agent_tenant, limits=limits)
-        self.stats: dict = {"datagrams": 0, "tcp_connections": 0, "worker": index}
-        self.sender = Sender(
-            Spool(spool_dir(cfg, index), cfg.agent_spool_max_mb * 1024 * 1024),
-            make_producer or (lambda: AgentProducer(cfg, self.pid)), self.stats,
-            retry_seconds=cfg.agent_kafka_retry_seconds)
+        self.stats: dict = {"datagrams": 0, "tcp_connections": 0, "worker": index, "loop_max_turn_seconds": 0.0}
+        if sender_process:
+            self.sender = SenderProcess(cfg, index, self.pid, stats_queue)
+        else:
+            self.sender = Sender(
+                Spool(spool_dir(cfg, index), cfg.agent_spool_max_mb * 1024 * 1024),
+                make_producer or (lambda: AgentProducer(cfg, self.pid)), self.stats,
+                retry_seconds=cfg.agent_kafka_retry_seconds)
         self._conns: dict[socket.socket, bytes] = {}
         self._running = True
         # A flush in progress: (aggregates still to compute, batch so far, tick); its work is
@@ -136,7 +141,9 @@ class Worker:
         try:
             while self._running and not (self.stop_event is not None and self.stop_event.is_set()):
                 timeout = 0.0 if self._pending else max(0.0, next_flush - time.time())
-                for key, _ in sel.select(min(timeout, 0.5)):
+                events = sel.select(min(timeout, 0.5))
+                turn_start = time.perf_counter()
+                for key, _ in events:
                     kind = key.data
                     if kind == "udp":
                         sock = key.fileobj
@@ -158,6 +165,10 @@ class Worker:
                         self._read_tcp(sel, key.fileobj)
                 if self._pending:
                     self._advance(_FLUSH_SLICE_S)
+                # The longest turn is the longest the sockets went unread (GIL, GC, descheduling).
+                turn = time.perf_counter() - turn_start
+                if turn > self.stats["loop_max_turn_seconds"]:
+                    self.stats["loop_max_turn_seconds"] = turn
                 now = time.time()
                 if now >= next_flush:
                     self.start_flush(int(now))
@@ -242,11 +253,70 @@ class Worker:
     def _report(self) -> None:
         if self.stats_queue is None:
             return
-        snapshot = {**self.stats, **self.agg.counters(), "pid": self.pid, "os_pid": os.getpid()}
+        snapshot = {**self.stats, **self.agg.counters(), "role": "receiver", "pid": self.pid, "os_pid": os.getpid()}
+        self.stats["loop_max_turn_seconds"] = 0.0  # a gauge per report interval
         try:
             self.stats_queue.put_nowait(snapshot)
         except Exception:  # noqa: BLE001 - metrics must never stop the worker
             pass
+
+
+class SenderProcess:
+    """The worker's Sender in a process of its own, fed through a pipe: kafka-python's threads
+    (encoding, compression, network) then never hold the GIL the receive loop needs - measured
+    on the 2-core machine, they stretched receive-loop turns to 50-130 ms, longer than a
+    default-sized socket buffer lasts.  It reports its own counters (role "sender")."""
+
+    def __init__(self, cfg: TallyConfig, index: int, producer_id: str, stats_queue):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.queue = ctx.Queue()
+        self.proc = ctx.Process(target=_run_sender, name=f"tally-agent-s{index}",
+                                args=(cfg, index, producer_id, self.queue, stats_queue, os.getpid()))
+
+    def start(self) -> None:
+        self.proc.start()
+
+    def submit(self, batch: Batch, tick_ms: int | None) -> None:
+        self.queue.put((batch.points, batch.series, tick_ms))
+
+    def stop(self, timeout_s: float = 60) -> None:
+        self.queue.put(None)
+        self.proc.join(timeout_s)
+        if self.proc.is_alive():
+            log.error("sender of %s did not stop in %ss", self.proc.name, timeout_s)
+            self.proc.terminate()
+
+
+def _run_sender(cfg: TallyConfig, index: int, producer_id: str, q, stats_queue, parent_pid: int) -> None:
+    import queue as queue_mod
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stops when its worker says so (after the last flush)
+    stats: dict = {"worker": index, "role": "sender"}
+    sender = Sender(Spool(spool_dir(cfg, index), cfg.agent_spool_max_mb * 1024 * 1024),
+                    lambda: AgentProducer(cfg, producer_id), stats, retry_seconds=cfg.agent_kafka_retry_seconds)
+    sender.start()
+    last_report = 0.0
+    while True:
+        try:
+            item = q.get(timeout=1)
+        except queue_mod.Empty:
+            item = ()
+            if os.getppid() != parent_pid:  # the worker is gone without saying so
+                break
+        if item is None:
+            break
+        if item:
+            points_, series, tick_ms = item
+            sender.submit(Batch(points_, series), tick_ms)
+        if stats_queue is not None and time.monotonic() - last_report >= 1.0:
+            last_report = time.monotonic()
+            stats_queue.put_nowait(dict(stats))
+    sender.stop()
+    if stats_queue is not None:
+        stats_queue.put_nowait(dict(stats))
 
 
 def run_worker(cfg: TallyConfig, index: int, stats_queue, stop_event) -> None:
@@ -255,4 +325,11 @@ def run_worker(cfg: TallyConfig, index: int, stats_queue, stop_event) -> None:
     # The Kafka threads must not keep the receive loop off the GIL for the default 5 ms: at
     # 25k datagrams/s that alone would overflow a default-sized socket buffer.
     sys.setswitchinterval(0.0005)
-    Worker(cfg, index, stats_queue, stop_event).run()
+    worker = Worker(cfg, index, stats_queue, stop_event, sender_process=True)
+    # Full garbage collections pause the receive loop for as long as they walk every object;
+    # what exists at start-up (modules, Kafka client) is frozen out of them, and the hot path
+    # allocates few container objects (one list per series and second), so collections can
+    # be rarer.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
+    worker.run()

@@ -201,12 +201,16 @@ def test_sender_counts_spool_dropped_when_the_bound_is_hit(tmp_path):
 
 
 def test_metrics_text_sums_workers_and_labels_reasons():
-    text = render_metrics({0: {"received": 5, "parsed": 3, "rejected": {"bad_value": 2}, "kafka_up": 1},
-                           1: {"received": 1, "parsed": 1, "rejected": {}, "kafka_up": 0}})
+    text = render_metrics({
+        (0, "receiver"): {"worker": 0, "role": "receiver", "received": 5, "parsed": 3, "rejected": {"bad_value": 2}},
+        (1, "receiver"): {"worker": 1, "role": "receiver", "received": 1, "parsed": 1, "rejected": {}},
+        (0, "sender"): {"worker": 0, "role": "sender", "kafka_up": 1, "points_flushed": 7},
+        (1, "sender"): {"worker": 1, "role": "sender", "kafka_up": 0, "points_flushed": 2}})
     assert "tally_agent_received_lines_total 6\n" in text
     assert 'tally_agent_rejected_lines_total{reason="bad_value"} 2\n' in text
     assert 'tally_agent_kafka_up{worker="1"} 0\n' in text
     assert "# TYPE tally_agent_parsed_lines_total counter" in text
+    assert "tally_agent_points_flushed_total 9\n" in text and "tally_agent_workers 2\n" in text
 
 
 def _wait(cond, timeout_s=10):
