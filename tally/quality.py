@@ -82,8 +82,7 @@ def sketch_bins(sketch: Sketch) -> list[dict]:
     (tally.sketch); negatives mirror it and the zero bucket is ``[0, 0]``."""
     gamma = (1.0 + sketch.alpha) / (1.0 - sketch.alpha)
     out = []
-    # tally.sketch exposes (representative value, weight) pairs only through _ascending.
-    for value, weight in sketch._ascending():  # noqa: SLF001 - read-only use of the iterator
+    for value, weight in sketch.bins():
         if value == 0.0:
             out.append({"lo": 0.0, "hi": 0.0, "count": weight})
             continue

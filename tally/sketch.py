@@ -248,6 +248,11 @@ class Sketch:
                 return value
         return value  # rounding left the top rank unreached: answer the largest bucket
 
+    def bins(self) -> list[tuple[float, float]]:
+        """(representative value, weight) of every non-empty bucket, in ascending value
+        order: the sketch as a histogram (each value is within alpha of the samples it holds)."""
+        return list(self._ascending())
+
     def _ascending(self) -> Iterator[tuple[float, float]]:
         # Most negative first: a larger negative-store key means a larger magnitude.
         for key in sorted(self._neg, reverse=True):

@@ -286,3 +286,12 @@ def test_alpha_so_small_that_gamma_is_one_is_rejected():
     data[2:10] = struct.pack("<d", 1e-17)
     with pytest.raises(SketchDecodeError, match="too small"):
         Sketch.from_bytes(bytes(data))
+
+
+def test_bins_are_the_histogram_in_ascending_order():
+    sketch = Sketch().add(-5.0).add(0.0, 2).add(1.0).add(1000.0, 3)
+    bins = sketch.bins()
+    assert [w for _, w in bins] == [1.0, 2.0, 1.0, 3.0]
+    assert [v for v, _ in bins] == sorted(v for v, _ in bins)
+    for (value, _), exact in zip(bins, (-5.0, 0.0, 1.0, 1000.0)):
+        assert abs(value - exact) <= 0.01 * abs(exact)
