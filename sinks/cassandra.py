@@ -18,15 +18,17 @@ from sinks.aio import callback_future
 from tally.bucketpack import BucketBatch
 from tally.config import TallyConfig
 from tally.cql import connect
-from tally.schema import SINGLE_NODE_REPLICATION, bucket_columns, bucket_table, cql_statements
+from tally.schema import bucket_columns, bucket_table, cql_statements
 from tally.series import parse_key
 from tally.tiers import DEFAULT_TIERS, Tier, partition_start_ms
 
 log = logging.getLogger(__name__)
 
 
-def ensure_schema(cfg: TallyConfig, replication: str = SINGLE_NODE_REPLICATION) -> None:
-    """Create the keyspace and all tables if missing (safe to run any number of times)."""
+def ensure_schema(cfg: TallyConfig, replication: str | None = None) -> None:
+    """Create the keyspace (``cfg.cassandra_replication`` unless given) and all tables if
+    missing (safe to run any number of times)."""
+    replication = replication or cfg.cassandra_replication
     cluster, session = connect(cfg, request_timeout_s=60)
     try:
         for statement in cql_statements(cfg.keyspace, replication):

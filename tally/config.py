@@ -67,6 +67,13 @@ class TallyConfig:
     late_topic: str = "tally.points.late"
     kafka_partitions: int = 4
     keyspace: str = "tally"
+    # A real cluster instead of the local stack on ``host`` (empty: the local stack).
+    kafka_bootstrap_servers: str = ""  # "k1:9092,k2:9092"
+    cassandra_contact_points: tuple[str, ...] = ()
+    redis_url_override: str = ""  # "redis://host:port/db"
+    kafka_replication_factor: int = 1  # topics created by tally (3 on a cluster)
+    cassandra_replication_factor: int = 1  # keyspace created by tally (3 on a cluster)
+    cassandra_consistency: str = "LOCAL_ONE"  # reads and writes (QUORUM on a cluster with RF 3)
     kafka_heap_mb: int = 384
     cassandra_heap_mb: int = 768
     redis_max_memory_mb: int = 1024
@@ -140,6 +147,13 @@ class TallyConfig:
         return cls(
             home=home,
             host=env.get("TALLY_HOST", cls.host),
+            kafka_bootstrap_servers=env.get("TALLY_KAFKA_BOOTSTRAP", cls.kafka_bootstrap_servers),
+            cassandra_contact_points=tuple(h for h in env.get("TALLY_CASSANDRA_HOSTS", "").split(",") if h),
+            redis_url_override=env.get("TALLY_REDIS_URL", cls.redis_url_override),
+            kafka_replication_factor=_env_int(env, "TALLY_KAFKA_REPLICATION_FACTOR", cls.kafka_replication_factor),
+            cassandra_replication_factor=_env_int(env, "TALLY_CASSANDRA_REPLICATION_FACTOR",
+                                                  cls.cassandra_replication_factor),
+            cassandra_consistency=env.get("TALLY_CASSANDRA_CONSISTENCY", cls.cassandra_consistency).upper(),
             ports=Ports.from_env(env),
             points_topic=env.get("TALLY_POINTS_TOPIC", cls.points_topic),
             series_topic=env.get("TALLY_SERIES_TOPIC", cls.series_topic),
@@ -182,15 +196,20 @@ class TallyConfig:
     # Derived endpoints: every client of the stack asks the config, never a literal.
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.ports.kafka}"
+        return self.kafka_bootstrap_servers or f"{self.host}:{self.ports.kafka}"
 
     @property
     def cassandra_hosts(self) -> tuple[str, ...]:
-        return (self.host,)
+        return self.cassandra_contact_points or (self.host,)
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.ports.redis}/0"
+        return self.redis_url_override or f"redis://{self.host}:{self.ports.redis}/0"
+
+    @property
+    def cassandra_replication(self) -> str:
+        """The keyspace replication tally creates (SimpleStrategy, cassandra_replication_factor)."""
+        return f"{{'class': 'SimpleStrategy', 'replication_factor': {self.cassandra_replication_factor}}}"
 
     @property
     def flink_rest_url(self) -> str:

@@ -58,7 +58,8 @@ def prepare(cfg: TallyConfig) -> None:
     retention = topic_configs(cfg)
     for topic, configs in ((cfg.points_topic, retention), (cfg.series_topic, {"retention.ms": "-1"}),
                            (cfg.late_topic, retention)):
-        ensure_topic(cfg, topic, partitions=cfg.kafka_partitions, configs=configs)
+        ensure_topic(cfg, topic, partitions=cfg.kafka_partitions, replication=cfg.kafka_replication_factor,
+                     configs=configs)
     ensure_schema(cfg)
 
 

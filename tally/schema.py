@@ -113,4 +113,3 @@ def bucket_columns() -> tuple[str, ...]:
     return tuple(c for c in all_bucket_columns() if c not in RECONCILE_COLUMNS)
 
 
-SINGLE_NODE_REPLICATION = "{'class': 'SimpleStrategy', 'replication_factor': 1}"

@@ -90,3 +90,16 @@ def test_config_from_env_with_ports_and_units(tmp_path):
     assert cfg.log_dir == tmp_path / "logs"
     with pytest.raises(ValueError, match="TALLY_REDIS_PORT must be an integer"):
         TallyConfig.from_env({"TALLY_REDIS_PORT": "x"})
+
+
+def test_config_points_at_a_real_cluster_from_env():
+    local = TallyConfig.from_env({})
+    assert local.cassandra_hosts == ("127.0.0.1",) and local.cassandra_replication.endswith("'replication_factor': 1}")
+    cfg = TallyConfig.from_env({
+        "TALLY_KAFKA_BOOTSTRAP": "k1:9092,k2:9092", "TALLY_CASSANDRA_HOSTS": "c1,c2,c3",
+        "TALLY_REDIS_URL": "redis://r:6380/1", "TALLY_CASSANDRA_REPLICATION_FACTOR": "3",
+        "TALLY_CASSANDRA_CONSISTENCY": "quorum", "TALLY_KAFKA_REPLICATION_FACTOR": "3"})
+    assert cfg.kafka_bootstrap == "k1:9092,k2:9092" and cfg.cassandra_hosts == ("c1", "c2", "c3")
+    assert cfg.redis_url == "redis://r:6380/1" and cfg.cassandra_consistency == "QUORUM"
+    assert cfg.cassandra_replication == "{'class': 'SimpleStrategy', 'replication_factor': 3}"
+    assert cfg.kafka_replication_factor == 3
