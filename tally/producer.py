@@ -97,22 +97,25 @@ class PointProducer:
         self.send(point, validate=False)
         return point
 
-    def send(self, point: Mapping[str, Any], validate: bool = True) -> None:
-        """Queue one point (validated unless the caller built it) for sending."""
+    def send(self, point: Mapping[str, Any], validate: bool = True):
+        """Queue one point (validated unless the caller built it) for sending; returns the
+        Kafka future, settled when the broker acknowledged (or refused) the record."""
         if validate:
             points.validate(dict(point))
-        self._producer.send(self.points_topic, key=series_key_bytes(point["sid"]), value=points.encode(point))
+        return self._producer.send(self.points_topic, key=series_key_bytes(point["sid"]), value=points.encode(point))
 
-    def send_encoded(self, sid: int, record: bytes) -> None:
-        """Queue an already encoded, already valid point (benchmarks pre-encode their load)."""
-        self._producer.send(self.points_topic, key=series_key_bytes(sid), value=record)
+    def send_encoded(self, sid: int, record: bytes):
+        """Queue an already encoded, already valid point (benchmarks pre-encode their load);
+        returns the Kafka future."""
+        return self._producer.send(self.points_topic, key=series_key_bytes(sid), value=record)
 
-    def tick(self, ts_ms: int) -> None:
+    def tick(self, ts_ms: int) -> list:
         """Send a watermark tick at ts_ms to every partition of the points topic: all points
-        before ts_ms from this producer are sent (callers keep that promise)."""
+        before ts_ms from this producer are sent (callers keep that promise).  Returns the
+        Kafka futures, one per partition."""
         record = points.encode(points.tick(ts_ms, self.producer_id))
-        for partition in sorted(self._producer.partitions_for(self.points_topic)):
-            self._producer.send(self.points_topic, value=record, partition=partition)
+        return [self._producer.send(self.points_topic, value=record, partition=partition)
+                for partition in sorted(self._producer.partitions_for(self.points_topic))]
 
     def send_all(self, batch: Iterable[Mapping[str, Any]]) -> int:
         """Queue many points and wait until the broker acknowledged all of them."""
