@@ -18,7 +18,8 @@ from tally.series import series_id
 from tally.tiers import bucket_start_ms, tier_by_name
 
 TIER = tier_by_name("10s")
-METRICS = (("http.requests", "c"), ("http.latency_ms", "ms"), ("queue.depth", "g"))
+# Prometheus-style names (the agent normalizes StatsD dots the same way), so PromQL selects them.
+METRICS = (("http_requests", "c"), ("http_latency_ms", "ms"), ("queue_depth", "g"))
 SERVICES = ("checkout", "search", "auth")
 HOSTS = tuple(f"host-{i:02d}" for i in range(10))
 
