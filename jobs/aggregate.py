@@ -9,7 +9,8 @@ Steps (SQL in tally/aggsql.py, all per-point work in Java operators):
 every record classified once (rejected, watermark tick, replay by idempotency id =
 producer id + sequence per Kafka partition, late, ok) and materialized → phase 1: 1 s windows keyed by (series, salt) so a hot series is
 spread over all subtasks → phase 2: 1 s windows keyed by series → rollup cascade 1 s →
-10 s → 1 m → 1 h → 1 d, each tier merged from the tier below → one async Python sink.
+10 s → 1 m → 1 h → 1 d, each tier merged from the tier below → buckets packed into batches
+(pack_buckets) → one synchronous Python batch sink.
 
 Time: event time is the point's ``ts`` (epoch ms, UTC).  The watermark trails the largest
 event time by ``grace_seconds`` (bounded out-of-orderness); a window fires when the
@@ -59,8 +60,8 @@ def kafka_source(t_env, cfg: TallyConfig) -> str:
 
 
 def production_sink(t_env, buckets, cfg: TallyConfig) -> None:
-    """Buckets to Cassandra + Redis and late points to the late topic (one async Python
-    sink), series registrations to the series index."""
+    """Bucket batches to Cassandra + Redis and late points to the late topic (one Python
+    batch sink), series registrations to the series index."""
     from pyflink.common.typeinfo import Types
 
     from sinks.flink import BucketSink, SeriesIndexSink

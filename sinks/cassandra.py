@@ -136,17 +136,17 @@ class BucketWriter:
         Rows go out as UNLOGGED batches of at most ``rows_per_statement`` upserts and about
         ``bytes_per_statement`` bytes (one request, one future: the driver's per-request
         cost, not Cassandra, bounded per-row writes; Cassandra refuses batches over
-        ``batch_size_fail_threshold``, 50 KiB by default), at most ``in_flight`` at once.  Each statement is retried with backoff; after max_attempts
-        the error is raised and the job restarts from its checkpoint (upserts make the replay
-        harmless).  Returns the number of rows written."""
+        ``batch_size_fail_threshold``, 50 KiB by default), at most ``in_flight`` at once.
+        Each statement is retried with backoff; after max_attempts the error is raised and
+        the job restarts from its checkpoint (upserts make the replay harmless).  Returns the
+        number of rows written."""
         from cassandra import InvalidRequest
         from cassandra.query import BatchStatement, BatchType
 
         tier = self._tiers[tier_name]
         statement = self._statements[tier_name]
         written_ms = int(time.time() * 1000)
-        width = tier.partition_seconds * 1000
-        values = [(tenant, sid, ts - ts % width, ts, count, total, vmin, vmax, last, last_ts, sketch, written_ms)
+        values = [(tenant, sid, partition_start_ms(ts, tier), ts, count, total, vmin, vmax, last, last_ts, sketch, written_ms)
                   for sid, ts, count, total, vmin, vmax, last, last_ts, sketch in batch.tuples()]
         assert self._columns == ("tenant", "sid", "part", "ts", "count", "sum", "min", "max", "last", "last_ts",
                                  "sketch", "written_ms"), "bucket columns changed: update write_batch"

@@ -30,15 +30,18 @@ class LateTopicWriter:
             "pid": row["pid"], "seq": row["seq"],
         }
 
+    def _send(self, row):
+        """Queue one late point; the Kafka future of its record."""
+        record = self.record(row)
+        return self._producer.send(self.topic, key=series_key_bytes(record["sid"]), value=points.encode(record))
+
     def write_sync(self, row) -> None:
         """Send one late point and block until the broker acknowledged it."""
-        record = self.record(row)
-        self._producer.send(self.topic, key=series_key_bytes(record["sid"]), value=points.encode(record)).get(timeout=60)
+        self._send(row).get(timeout=60)
 
     async def write(self, row) -> None:
         """Send one late point and wait for the broker's acknowledgement."""
-        record = self.record(row)
-        future = self._producer.send(self.topic, key=series_key_bytes(record["sid"]), value=points.encode(record))
+        future = self._send(row)
         await callback_future(lambda ok, err: (future.add_callback(ok), future.add_errback(err)))
 
     def close(self) -> None:

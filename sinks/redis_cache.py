@@ -42,6 +42,16 @@ def decode_member(member: str | bytes) -> dict:
             "last_ts": last_ts, "sketch": base64.b64decode(sketch) if sketch else None}
 
 
+def bucket_windows_ms() -> dict[str, int]:
+    """Each tier's recent window in Redis (schemas/redis.json), in milliseconds."""
+    return {tier: seconds * 1000 for tier, seconds in redis_layout()["keys"]["bucket"]["window_seconds"].items()}
+
+
+def _script_args(ts: int, member: str, window_ms: int) -> list:
+    """ARGV of _WRITE_BUCKET: bucket start, member, oldest score kept, expiry."""
+    return [ts, member, ts - window_ms, window_ms]
+
+
 # One round trip and one command per bucket (a MULTI pipeline of four costs four times
 # the client-side work): replace the bucket at ts, trim to the window, refresh the expiry.
 _WRITE_BUCKET = """
@@ -62,8 +72,7 @@ class RedisBucketCache:
         self._keyspace = cfg.keyspace
         self._client = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._write_bucket = self._client.register_script(_WRITE_BUCKET)
-        self._window_ms = {tier: seconds * 1000 for tier, seconds in
-                           redis_layout()["keys"]["bucket"]["window_seconds"].items()}
+        self._window_ms = bucket_windows_ms()
 
     async def write(self, tier: str, tenant: str, row, now_ms: int) -> bool:
         """Write one bucket if it is recent for its tier; False when it is older than the
@@ -72,7 +81,7 @@ class RedisBucketCache:
         if row.ts < now_ms - window_ms:
             return False
         key = bucket_key(self._keyspace, tier, tenant, row.sid)
-        await self._write_bucket(keys=[key], args=[row.ts, encode_member(row), row.ts - window_ms, window_ms])
+        await self._write_bucket(keys=[key], args=_script_args(row.ts, encode_member(row), window_ms))
         return True
 
     async def count(self, tenant: str, field: str, amount: float = 1) -> None:
@@ -92,8 +101,7 @@ class RedisBucketWriter:
         self._keyspace = cfg.keyspace
         self._client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._write_bucket = self._client.register_script(_WRITE_BUCKET)
-        self._window_ms = {tier: seconds * 1000 for tier, seconds in
-                           redis_layout()["keys"]["bucket"]["window_seconds"].items()}
+        self._window_ms = bucket_windows_ms()
 
     def write_batch(self, tier: str, tenant: str, batch, now_ms: int) -> int:
         """Write the batch's buckets that are recent for the tier (older ones are read from
@@ -107,7 +115,7 @@ class RedisBucketWriter:
                 continue
             member = encode_values(ts, count, total, vmin, vmax, last, last_ts, sketch)
             self._write_bucket(keys=[bucket_key(self._keyspace, tier, tenant, sid)],
-                               args=[ts, member, ts - window_ms, window_ms], client=pipe)
+                               args=_script_args(ts, member, window_ms), client=pipe)
             n += 1
         if n:
             pipe.execute()
