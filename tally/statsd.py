@@ -7,7 +7,8 @@ Grammar of one line (many lines per datagram, separated by ``\\n``)::
 - types: ``c`` counter, ``g`` gauge (a value starting with ``+`` or ``-`` is a delta on the
   current gauge), ``ms`` timer, ``h`` histogram, ``d`` distribution, ``s`` set (values are
   arbitrary strings: the distinct count is what is aggregated);
-- numbers: ``[+-]digits[.digits][e[+-]digits]``, finite; no ``nan``/``inf``/``1_000``;
+- numbers: ``[+-]digits[.digits][e[+-]digits]``, finite and within ±MAX_VALUE (1e300, what a
+  sketch can index; sums of such values stay finite); no ``nan``/``inf``/``1_000``;
 - ``@rate`` in (0, 1]: a counter sampled at rate r adds value/r and counts 1/r, a timer,
   histogram or distribution value counts 1/r; gauges and sets ignore the rate (as StatsD);
 - ``#tags``: ``key:value`` or a bare ``key``, which gets the value ``"true"`` (an empty
@@ -31,7 +32,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
+
+from tally.sketch import MAX_INDEXABLE
 
 __all__ = [
     "METRIC_TYPES", "REASONS", "Head", "Sample", "StatsdLineError", "format_line", "normalize_name",
@@ -51,7 +54,7 @@ REASONS = {
     "no_type": "missing '|type' after the value",
     "bad_name": "empty or too long metric name",
     "bad_type": "unknown metric type",
-    "bad_value": "value is not a finite decimal number",
+    "bad_value": "value is not a finite decimal number within ±1e300",
     "bad_rate": "sample rate is not a number in (0, 1]",
     "bad_tags": "malformed tag list",
     "duplicate_tag": "a tag key appears twice",
@@ -61,6 +64,9 @@ REASONS = {
 }
 
 _NUMBER_CHARS = "0123456789.eE+-"
+# The largest accepted magnitude: timers' sketches cannot index more, and counters' sums of
+# values this size stay finite.
+MAX_VALUE = MAX_INDEXABLE
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 _IGNORED_FIELDS = ("c:", "e:", "card:")
@@ -127,9 +133,15 @@ def parse_number(raw: str) -> float:
         except ValueError:
             pass
         else:
-            if value - value == 0.0:  # false for inf and nan
+            if -MAX_VALUE <= value <= MAX_VALUE:  # false for inf and nan
                 return value
-    raise StatsdLineError("bad_value", f"value {raw[:40]!r} is not a finite decimal number")
+    raise StatsdLineError("bad_value", f"value {raw[:40]!r} is not a finite decimal number within ±{MAX_VALUE:g}")
+
+
+def all_in_range(values: Sequence[float]) -> bool:
+    """True if every value parsed in bulk (float() over number characters only, so never
+    NaN) is within ±MAX_VALUE, as parse_number requires."""
+    return -MAX_VALUE <= min(values) and max(values) <= MAX_VALUE
 
 
 def parse_value(metric_type: str, raw: str) -> float | str:

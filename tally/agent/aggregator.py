@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 from tally.limits import PROMETHEUS, Limits, Rejection, SeriesLimiter, validate_series, validate_timestamp
 from tally.series import SeriesId, series_id
 from tally.sketch import Sketch
-from tally.statsd import SAMPLED_TYPES, StatsdLineError, parse_head, parse_number, split_line
+from tally.statsd import SAMPLED_TYPES, StatsdLineError, all_in_range, parse_head, parse_number, split_line
 
 _NUMBER_CHARS = "0123456789.eE+-"
 SKETCH_TYPES = frozenset({"ms", "h", "d"})
@@ -226,8 +226,7 @@ class Aggregator:
             except ValueError:
                 pass
             else:
-                total = sum(values)
-                if total - total == 0.0:  # all finite (else re-check one by one)
+                if all_in_range(values):  # else re-check one by one, rejecting the bad ones
                     self.parsed += len(raws)
                     return values
         values = []
@@ -290,8 +289,7 @@ class Aggregator:
                 numbers = list(map(float, raws))
             except ValueError:
                 numbers = None
-            total = sum(numbers) if numbers is not None else math.nan
-            if total - total == 0.0:  # all finite
+            if numbers is not None and all_in_range(numbers):
                 for raw, value in zip(raws, numbers):
                     first = raw[0]
                     current = current + value if first == "+" or first == "-" else value

@@ -251,3 +251,16 @@ def test_worker_flushes_in_slices_with_increasing_seqs_then_ticks(tmp_path):
     assert {p["pid"] for p in delivered} == {w.pid}
     assert [p["ts"] for p in delivered] == [NOW * 1000] * 300 + [(NOW + 1) * 1000]
     assert log["ticks"][0] == (NOW + 1) * 1000
+
+
+def test_values_a_sketch_cannot_hold_are_rejected_and_the_rest_kept():
+    # 1e306 is finite but beyond what a sketch indexes (and sums of such values overflow):
+    # the bulk path and the per-line path both reject it as bad_value, never crash at flush.
+    for datagram in ("lat:1e306|ms\nlat:2|ms\nlat:4|ms", "lat:2:1e306|ms\nlat:2|ms\nlat:4|ms",
+                     "c:1e306|c\nc:1e306|c\nc:3|c", "g:-1e306|g\ng:5|g"):
+        a = agg()
+        a.ingest(datagram, NOW)
+        pts = a.flush()
+        assert a.counters()["rejected"] == {"bad_value": datagram.count("e306")}
+        assert len(pts) == 1 and all(math.isfinite(p.sum) for p in pts)
+    assert pts[0].last == 5.0

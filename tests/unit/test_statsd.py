@@ -145,3 +145,11 @@ def test_format_line_keeps_one_line_whatever_the_input():
 def test_format_line_refuses_what_would_be_rejected(args):
     with pytest.raises(ValueError):
         format_line(*args)
+
+
+def test_values_beyond_the_sketch_range_are_bad_values():
+    assert parse_line("lat:1e300|ms").values == (1e300,)
+    for line in ("lat:1e301|ms", "c:-2e305|c", "g:+1e308|g"):
+        with pytest.raises(StatsdLineError) as err:
+            parse_line(line)
+        assert err.value.reason == "bad_value" and "1e+300" in str(err.value)

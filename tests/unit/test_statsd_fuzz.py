@@ -31,7 +31,8 @@ _LINE_RE = re.compile(r"(?P<name>[^:|]+):(?P<values>[^|]*)\|(?P<type>c|g|ms|h|d|
 
 
 def _num_ok(text):
-    return bool(re.fullmatch(_NUM, text, re.ASCII)) and math.isfinite(float(text))
+    # Finite and within ±1e300 (what a sketch indexes: tally/statsd.py MAX_VALUE).
+    return bool(re.fullmatch(_NUM, text, re.ASCII)) and abs(float(text)) <= 1e300
 
 
 def oracle(line, agent=False):
