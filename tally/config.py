@@ -81,6 +81,10 @@ class TallyConfig:
     flink_taskmanager_process_mb: int = 3072
     # Several small jobs (tests, benchmarks, reconciliation) can run side by side.
     flink_task_slots: int = 6
+    # Local stack shape (tally.stack.topology): "single" node, or "multi": one Cassandra node per
+    # cassandra_contact_points address, one Kafka broker per bootstrap address, N TaskManagers.
+    stack_topology: str = "single"
+    flink_taskmanagers: int = 1  # TaskManagers of the multi-node stack
     # Streaming job settings (jobs/aggregate.py).
     grace_seconds: int = 5
     # A partition without records for this long stops holding event time back (0 = never).
@@ -96,6 +100,9 @@ class TallyConfig:
     sink_bundle_ms: int = 100  # longest wait of a bucket batch before the Python sink gets it
     # HTTP API keys (tally.auth YAML); None = authentication off, tenant from X-Scope-OrgID.
     api_keys_file: Path | None = None
+    # Rollup rules (tally.rollup YAML): producers map series to rollup series, the query
+    # engine answers covered aggregations from them; None = no rules.
+    rollup_rules_path: Path | None = None
     # Ingestion limits (tally.limits.Limits.from_config reads every limit_* field).
     limit_max_series_per_tenant: int = 1_000_000
     limit_max_series_per_metric: int = 100_000
@@ -154,6 +161,15 @@ class TallyConfig:
             cassandra_replication_factor=_env_int(env, "TALLY_CASSANDRA_REPLICATION_FACTOR",
                                                   cls.cassandra_replication_factor),
             cassandra_consistency=env.get("TALLY_CASSANDRA_CONSISTENCY", cls.cassandra_consistency).upper(),
+            stack_topology=env.get("TALLY_STACK_TOPOLOGY", cls.stack_topology),
+            flink_taskmanagers=_env_int(env, "TALLY_FLINK_TASKMANAGERS", cls.flink_taskmanagers),
+            flink_task_slots=_env_int(env, "TALLY_FLINK_TASK_SLOTS", cls.flink_task_slots),
+            kafka_heap_mb=_env_int(env, "TALLY_KAFKA_HEAP_MB", cls.kafka_heap_mb),
+            cassandra_heap_mb=_env_int(env, "TALLY_CASSANDRA_HEAP_MB", cls.cassandra_heap_mb),
+            flink_jobmanager_process_mb=_env_int(env, "TALLY_FLINK_JOBMANAGER_PROCESS_MB",
+                                                 cls.flink_jobmanager_process_mb),
+            flink_taskmanager_process_mb=_env_int(env, "TALLY_FLINK_TASKMANAGER_PROCESS_MB",
+                                                  cls.flink_taskmanager_process_mb),
             ports=Ports.from_env(env),
             points_topic=env.get("TALLY_POINTS_TOPIC", cls.points_topic),
             series_topic=env.get("TALLY_SERIES_TOPIC", cls.series_topic),
@@ -164,6 +180,7 @@ class TallyConfig:
             job_parallelism=_env_int(env, "TALLY_JOB_PARALLELISM", cls.job_parallelism),
             salt_buckets=_env_int(env, "TALLY_SALT_BUCKETS", cls.salt_buckets),
             api_keys_file=Path(env["TALLY_API_KEYS_FILE"]) if env.get("TALLY_API_KEYS_FILE") else None,
+            rollup_rules_path=Path(env["TALLY_ROLLUP_RULES_FILE"]) if env.get("TALLY_ROLLUP_RULES_FILE") else None,
             limit_max_series_per_tenant=_env_int(env, "TALLY_LIMIT_MAX_SERIES_PER_TENANT",
                                                  cls.limit_max_series_per_tenant),
             limit_max_series_per_metric=_env_int(env, "TALLY_LIMIT_MAX_SERIES_PER_METRIC",

@@ -20,7 +20,8 @@ from tally.sketch import Sketch, SketchDecodeError
 
 SCHEMA_VERSION = 1
 SKETCH_TYPES = frozenset({"ms", "h", "d"})
-_JSON_TYPES = {"integer": int, "number": (int, float), "string": str, "object": dict, "null": type(None)}
+_JSON_TYPES = {"integer": int, "number": (int, float), "string": str, "object": dict, "null": type(None),
+               "array": list}
 
 
 class PointError(ValueError):
@@ -33,16 +34,24 @@ def sketch_field(sketch: Sketch | None) -> str | None:
 
 
 def from_value(series: SeriesId, metric_type: str, ts_ms: int, value: float, pid: str, seq: int,
-               count: float = 1.0) -> dict[str, Any]:
-    """A point holding one raw event (count weighted by 1/sample-rate when sampled)."""
+               count: float = 1.0, rollups=None) -> dict[str, Any]:
+    """A point holding one raw event (count weighted by 1/sample-rate when sampled).
+
+    ``rollups`` (a :class:`tally.rollup.Rollups`, the series' mapping) sets the point's
+    ``sid`` and ``rsids``; without it the point has no ``rsids`` field at all."""
     value = float(value)
     sketch = Sketch().add(value, count) if metric_type in SKETCH_TYPES else None
-    return {
+    point = {
         "v": SCHEMA_VERSION, "tenant": series.tenant, "sid": series.id, "type": metric_type,
         "ts": int(ts_ms), "count": float(count), "sum": value * float(count),
         "min": value, "max": value, "last": value, "sk": sketch_field(sketch),
         "pid": pid, "seq": int(seq),
     }
+    if rollups is not None:
+        point["sid"] = rollups.sid
+        if rollups.rsids:
+            point["rsids"] = list(rollups.rsids)
+    return point
 
 
 TICK_TYPE = "w"
@@ -78,6 +87,8 @@ def _check_fields(record: Any, schema: dict, what: str) -> dict[str, Any]:
     if extra:
         raise PointError(f"unknown field(s) {extra}")
     for name, spec in props.items():
+        if name not in record:
+            continue  # an optional field (not in "required"), e.g. a point's rsids
         value = record[name]
         allowed = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
         if isinstance(value, bool) or not isinstance(value, tuple(_flatten(_JSON_TYPES[t] for t in allowed))):
@@ -92,6 +103,10 @@ def _check_fields(record: Any, schema: dict, what: str) -> dict[str, Any]:
             raise PointError(f"field {name!r} must not be empty")
         if "minimum" in spec and value < spec["minimum"]:
             raise PointError(f"field {name!r} must be >= {spec['minimum']}, got {value}")
+        if isinstance(value, list):
+            item_types = tuple(_flatten(_JSON_TYPES[t] for t in [spec["items"]["type"]]))
+            if any(isinstance(v, bool) or not isinstance(v, item_types) for v in value):
+                raise PointError(f"field {name!r} must be an array of {spec['items']['type']}")
     return record
 
 

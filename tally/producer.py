@@ -7,6 +7,7 @@ from typing import Any, Iterable, Mapping
 
 from tally import point as points
 from tally.config import TallyConfig
+from tally.rollup import Rollups, RollupSet, load_rules
 from tally.series import SeriesId
 
 
@@ -55,10 +56,17 @@ class PointProducer:
     producer on the same partition, so replays of sent points are counted once.  That
     needs sequences in send order per partition: a PointProducer is not thread-safe and
     callers serialise ``emit``/``send`` (the client library holds a lock).
+
+    Rollup rules (tally.rollup; ``rollups``, default: the file ``cfg.rollup_rules_path``)
+    are applied here, once per series: ``emit`` stamps the rollup series ids on the point
+    (``rsids``; with ``drop_raw`` the point's sid is the first rollup series) and
+    ``register`` names the rollup series on the series topic like any series.
     """
 
-    def __init__(self, cfg: TallyConfig, producer_id: str | None = None):
+    def __init__(self, cfg: TallyConfig, producer_id: str | None = None, rollups: RollupSet | None = None):
         from kafka import KafkaProducer
+
+        self.rollups = rollups if rollups is not None else load_rules(cfg.rollup_rules_path)
 
         self.points_topic = cfg.points_topic
         self.series_topic = cfg.series_topic
@@ -83,18 +91,36 @@ class PointProducer:
         return self.seq
 
     def register(self, series: SeriesId, metric_type: str) -> None:
-        """Name a series and its metric type on the series topic, once per producer."""
+        """Name a series and its metric type on the series topic, once per producer; and the
+        rollup series it feeds (a raw series whose rule drops it is not named)."""
         if series.id in self._registered:
             return
+        mapped = self.rollup_of(series)
+        if mapped is not None:
+            for _rule, rollup in mapped.series:
+                if rollup.id not in self._registered:
+                    self._send_registration(rollup, metric_type)
+        if mapped is None or not mapped.drop_raw:
+            self._send_registration(series, metric_type)
+        self._registered.add(series.id)
+
+    def _send_registration(self, series: SeriesId, metric_type: str) -> None:
         self._producer.send(self.series_topic, key=series_key_bytes(series.id),
                             value=points.encode(points.series_record(series, metric_type)))
         self._registered.add(series.id)
 
+    def rollup_of(self, series: SeriesId) -> Rollups | None:
+        """The series' rollup mapping under this producer's rules (None: no rule matches)."""
+        return self.rollups.rollups(series) if self.rollups else None
+
     def emit(self, series: SeriesId, metric_type: str, ts_ms: int, value: float, count: float = 1.0) -> dict:
         """Register the series if new, then send one raw event as a point; returns the point."""
         self.register(series, metric_type)
-        point = points.from_value(series, metric_type, ts_ms, value, self.producer_id, self.next_seq(), count)
-        self.send(point, validate=False)
+        point = points.from_value(series, metric_type, ts_ms, value, self.producer_id, self.next_seq(), count,
+                                  rollups=self.rollup_of(series))
+        # Keyed by the raw series even when its rule replaced the point's sid: a hot rollup
+        # series stays spread over the partitions.
+        self._producer.send(self.points_topic, key=series_key_bytes(series.id), value=points.encode(point))
         return point
 
     def send(self, point: Mapping[str, Any], validate: bool = True):

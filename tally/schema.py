@@ -41,6 +41,13 @@ def point_fields() -> tuple[str, ...]:
     return tuple(point_schema()["properties"])
 
 
+def point_required_fields() -> tuple[str, ...]:
+    """The fields every point has, in schema order (the others, e.g. ``rsids``, are optional:
+    absent in a record means null)."""
+    required = set(point_schema()["required"])
+    return tuple(name for name in point_fields() if name in required)
+
+
 def point_sql_columns() -> tuple[tuple[str, str], ...]:
     """(field, Flink SQL type) for every point field, for the Kafka source table DDL."""
     return tuple((name, spec["x-sql"]) for name, spec in point_schema()["properties"].items())

@@ -20,7 +20,7 @@ def make_point(**overrides):
 
 def test_point_round_trips_and_matches_schema_fields():
     p = make_point()
-    assert tuple(p) == point_fields()
+    assert tuple(p) == tuple(f for f in point_fields() if f != "rsids")  # rsids: only with rollups
     assert point.decode(point.encode(p)) == p
     assert p["count"] == 1.0 and p["sum"] == p["min"] == p["max"] == p["last"] == 12.5
     # Timers carry their sketch; counters and gauges do not.
@@ -129,4 +129,23 @@ def test_schema_file_is_valid_json_schema_document():
     from tally.schema import SCHEMA_DIR
 
     doc = json.loads((SCHEMA_DIR / "point.json").read_text())
-    assert set(doc["required"]) == set(doc["properties"])
+    assert set(doc["required"]) <= set(doc["properties"])
+    # A field outside "required" is optional: nullable (absent = null), so v1 records
+    # written before it existed stay valid.
+    for name in set(doc["properties"]) - set(doc["required"]):
+        assert "null" in doc["properties"][name]["type"], name
+
+
+def test_rsids_is_optional_and_checked():
+    from tally.schema import point_required_fields
+
+    p = make_point()
+    assert "rsids" not in p and "rsids" not in point_required_fields()
+    assert point.validate(p) == p  # a record without rsids (every record before rollups)
+    assert point.validate({**p, "rsids": None})["rsids"] is None
+    with_ids = point.decode(point.encode({**p, "rsids": [5, -7]}))
+    assert with_ids["rsids"] == [5, -7]
+    with pytest.raises(point.PointError, match="'rsids' must be an array of integer"):
+        point.validate({**p, "rsids": [1, "2"]})
+    with pytest.raises(point.PointError, match="'rsids' must be array or null"):
+        point.validate({**p, "rsids": 3})
