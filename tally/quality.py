@@ -8,6 +8,9 @@
   has not passed yet, so late points within grace may still change them), final, or repaired
   (rewritten by the nightly reconciliation, ``repaired_ms`` set).
 - ``histogram``: the bins of a merged sketch with p50/p90/p99.
+- ``dq_report``: one tenant's data-quality report from the figures gathered by
+  ``tally.api.quality`` (Kafka consumer lag, the job's watermark, its throughput, the dq
+  hash); ``prometheus_text`` renders reports in the Prometheus text format.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from typing import Iterable, Mapping
 from tally.sketch import Sketch
 from tally.tiers import DEFAULT_TIERS
 
-__all__ = ["dq_counters", "ingestion_figures", "bucket_status", "sketch_bins", "histogram"]
+__all__ = ["dq_counters", "ingestion_figures", "bucket_status", "sketch_bins", "histogram", "dq_report",
+           "prometheus_text"]
+
+# The job's single rejection reason: a record field missing or of the wrong type (the JSON
+# format turns it into NULL); producers that know finer reasons write ``rejected:<reason>``.
+JOB_REJECT_REASON = "malformed_record"
 
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 
@@ -32,13 +40,20 @@ def dq_counters(raw: Mapping) -> dict:
     tier's figure (a late point misses every tier, so each tier counts it once)."""
     fields = {_text(k): float(_text(v)) for k, v in raw.items()}
     finest = DEFAULT_TIERS[0].name
+    by_reason = {JOB_REJECT_REASON: fields["rejected"]} if fields.get("rejected") else {}
+    for name, value in fields.items():
+        if name.startswith("rejected:"):
+            reason = name.split(":", 1)[1]
+            by_reason[reason] = by_reason.get(reason, 0.0) + value
     return {
         "duplicates_dropped": fields.get("duplicates_dropped", 0.0),
-        "rejected": fields.get("rejected", 0.0),
+        "rejected": sum(by_reason.values()),
+        "rejected_by_reason": by_reason,
         "late_beyond_grace": fields.get(f"late_beyond_grace:{finest}", 0.0),
         "late_beyond_grace_by_tier": {t.name: fields.get(f"late_beyond_grace:{t.name}", 0.0) for t in DEFAULT_TIERS},
-        # The job accepts points late within grace without counting them separately.
-        "late_within_grace": None,
+        # None while the job does not count points accepted late within grace (a field
+        # ``late_within_grace`` in the hash, once it does).
+        "late_within_grace": fields.get("late_within_grace"),
     }
 
 
@@ -101,3 +116,79 @@ def histogram(sketch: Sketch | None) -> dict:
                 "alpha": None if sketch is None else sketch.alpha}
     return {"bins": sketch_bins(sketch), "count": sketch.count,
             "quantiles": {name: sketch.quantile(q) for name, q in QUANTILES}, "alpha": sketch.alpha}
+
+
+def dq_report(gathered: Mapping, grace_s: float) -> dict:
+    """One tenant's data-quality report from the figures ``tally.api.quality.gather`` read:
+    ``counters`` (the raw dq hash or None), ``lag`` (consumer lag dict or None),
+    ``watermark_ms`` (the job's event time or None), ``records_per_second`` (the job's
+    source throughput or None), ``now_ms``.
+
+    Bucket status: a bucket that ends at or before the job's watermark is final (the
+    watermark trails the newest event time by the grace, so the grace has passed for it;
+    repaired once reconciliation rewrote it); later ones are provisional."""
+    counters = dq_counters(gathered["counters"]) if gathered.get("counters") is not None else None
+    lag = gathered.get("lag")
+    watermark = gathered.get("watermark_ms")
+    now_ms = gathered["now_ms"]
+    return {
+        "tenant": gathered.get("tenant"),
+        "kafka_consumer_lag_records": None if lag is None else lag["total"],
+        "kafka_consumer_lag_by_partition": None if lag is None else {str(p): n for p, n in lag["partitions"].items()},
+        "event_time_ms": watermark,
+        "event_time_lag_seconds": None if watermark is None else max(0.0, (now_ms - watermark) / 1000.0),
+        "points_per_second": gathered.get("records_per_second"),
+        "duplicates_dropped": None if counters is None else counters["duplicates_dropped"],
+        "late_within_grace": None if counters is None else counters["late_within_grace"],
+        "late_beyond_grace": None if counters is None else counters["late_beyond_grace"],
+        "rejected_by_reason": None if counters is None else counters["rejected_by_reason"],
+        "bucket_status": {"final_before_ms": watermark, "grace_seconds": grace_s,
+                          "rule": "a bucket ending at or before final_before_ms is final (repaired once "
+                                  "reconciliation rewrote it); later ones are provisional"},
+        "warnings": list(gathered.get("warnings", [])),
+    }
+
+
+def _label(value) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prometheus_text(reports: Iterable[Mapping]) -> str:
+    """Reports of ``dq_report`` in the Prometheus text exposition format (0.0.4).  Figures
+    of the whole job (lag, event time, throughput) come from the first report; counters are
+    per tenant.  Unknown figures (a component unreachable) are left out, never zero."""
+    reports = list(reports)
+    families: list[tuple[str, str, str, list[tuple[dict, float]]]] = []
+
+    def family(name, kind, help_text, samples):
+        samples = [(labels, value) for labels, value in samples if value is not None]
+        if samples:
+            families.append((name, kind, help_text, samples))
+
+    first = reports[0] if reports else {}
+    family("tally_dq_kafka_consumer_lag_records", "gauge",
+           "Records of the points topic not yet covered by the job's committed offsets.",
+           [({"partition": p}, n) for p, n in sorted((first.get("kafka_consumer_lag_by_partition") or {}).items())])
+    family("tally_dq_event_time_lag_seconds", "gauge", "Wall clock minus the job's watermark.",
+           [({}, first.get("event_time_lag_seconds"))])
+    family("tally_dq_final_before_timestamp_seconds", "gauge",
+           "Buckets ending at or before this time are final (provisional after it).",
+           [({}, None if first.get("event_time_ms") is None else first["event_time_ms"] / 1000.0)])
+    family("tally_dq_points_per_second", "gauge", "Records per second the job reads from the points topic.",
+           [({}, first.get("points_per_second"))])
+    for name, key, help_text in (
+            ("tally_dq_duplicates_dropped_total", "duplicates_dropped", "Replayed points dropped by the job."),
+            ("tally_dq_late_within_grace_total", "late_within_grace", "Points late within grace, kept."),
+            ("tally_dq_late_beyond_grace_total", "late_beyond_grace",
+             "Points late beyond grace: not in the stream's buckets, repaired by reconciliation.")):
+        family(name, "counter", help_text, [({"tenant": r["tenant"]}, r.get(key)) for r in reports])
+    family("tally_dq_rejected_total", "counter", "Records rejected by the job, by reason.",
+           [({"tenant": r["tenant"], "reason": reason}, n) for r in reports
+            for reason, n in sorted((r.get("rejected_by_reason") or {}).items())])
+    lines = []
+    for name, kind, help_text, samples in families:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for labels, value in samples:
+            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{text}}} {float(value):.17g}" if text else f"{name} {float(value):.17g}")
+    return "\n".join(lines) + "\n"

@@ -127,7 +127,10 @@ async def _handle(gw: Gateway, request: web.Request, endpoint: str) -> web.Respo
     from tally.gateway.writer import KafkaUnavailable
 
     try:
-        await gw.writer.write(batch.accepted)
+        # Idempotency-Key: a retry of the same body is counted once (the writer derives a
+        # stable producer id from tenant, key and body; the job drops the replay).
+        idem = idempotency_id(tenant, request.headers.get("Idempotency-Key"), body)
+        await gw.writer.write(batch.accepted, **({"idempotency_id": idem} if idem else {}))
     except KafkaUnavailable as exc:
         retry = max(1, math.ceil(exc.retry_after_s))
         gw.metrics.inc("tally_gateway_samples_rejected_total", len(batch.accepted), tenant=tenant,
@@ -147,6 +150,20 @@ def _count_rejections(gw: Gateway, tenant: str, batch: Batch) -> None:
     for reason, n in batch.rejected.items():
         gw.metrics.inc("tally_gateway_samples_rejected_total", n, tenant=tenant, reason=reason)
     gw.metrics.inc("tally_gateway_stale_markers_skipped_total", batch.stale, tenant=tenant)
+
+
+def idempotency_id(tenant: str, key: str | None, body: bytes) -> str | None:
+    """The producer id of a request sent with an ``Idempotency-Key`` header (None without
+    one): the same tenant, key and body give the same id, and the writer numbers the
+    request's points 1..n under it, so every retry of that request is dropped by the job's
+    replay rule.  The body is part of the id: a key reused for another body is counted,
+    never silently dropped."""
+    if not key:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256(b"\0".join((tenant.encode(), key.encode(), hashlib.sha256(body).digest())))
+    return f"idem-{digest.hexdigest()[:32]}"
 
 
 def _first_line(batch: Batch) -> str:

@@ -91,6 +91,19 @@ class _Item:
     future: asyncio.Future | None = None
     cancelled: bool = False
     records: list = field(default_factory=list)
+    idempotency_id: str | None = None  # points numbered 1..n under this producer id
+
+
+def _emit_as(producer: PointProducer, producer_id: str, samples: list[Sample]) -> None:
+    """Emit samples as points 1..n of ``producer_id`` through the producer's one emit path,
+    then give the producer its own id and sequence back."""
+    own = (producer.producer_id, producer.seq)
+    producer.producer_id, producer.seq = producer_id, 0
+    try:
+        for s in samples:
+            producer.emit(s.series, s.metric_type, s.ts_ms, s.value, s.count)
+    finally:
+        producer.producer_id, producer.seq = own
 
 
 def probe_broker(cfg: TallyConfig, timeout_s: float = 1.0) -> None:
@@ -123,14 +136,17 @@ class PointWriter:
     def healthy(self) -> bool:
         return self._clock() >= self._down_until
 
-    async def write(self, samples: list[Sample]) -> None:
-        """Return once Kafka acknowledged every sample as a point; raise KafkaUnavailable if not."""
+    async def write(self, samples: list[Sample], idempotency_id: str | None = None) -> None:
+        """Return once Kafka acknowledged every sample as a point; raise KafkaUnavailable if not.
+        ``idempotency_id``: the samples become points 1..n of that producer id (instead of
+        the writer's own), so a retried request is a replay the job drops."""
         if not samples:
             return
         if not self.healthy:
             raise KafkaUnavailable(f"Kafka unavailable: {self.last_error}", self.retry_after_s)
         loop = asyncio.get_running_loop()
-        item = _Item("points", samples=samples, loop=loop, future=loop.create_future())
+        item = _Item("points", samples=samples, loop=loop, future=loop.create_future(),
+                     idempotency_id=idempotency_id)
         self._queue.put(item)
         try:
             # The thread may itself wait ack_timeout_s for a flush: allow for it plus the queue.
@@ -189,6 +205,8 @@ class PointWriter:
                 start = len(producer.recorder.futures)
                 if item.kind == "tick":
                     producer.tick(item.tick_ms)
+                elif item.idempotency_id:
+                    _emit_as(producer, item.idempotency_id, item.samples)
                 else:
                     for s in item.samples:
                         producer.emit(s.series, s.metric_type, s.ts_ms, s.value, s.count)
