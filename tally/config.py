@@ -110,6 +110,12 @@ class TallyConfig:
     limit_max_age_seconds: int = 3600  # accepted lateness of a sample's timestamp
     limit_samples_per_second_per_tenant: float = 100_000.0
     limit_samples_burst_per_tenant: int = 200_000
+    # Overflow action of each cardinality limit: reject | drop_label | hash:N (tally.limits.Overflow).
+    limit_label_values_overflow: str = "reject"
+    limit_series_per_metric_overflow: str = "reject"
+    limit_series_per_tenant_overflow: str = "reject"
+    # Relabel rules (tally.relabel YAML) applied by agent and gateway before limits; None = none.
+    relabel_rules_path: Path | None = None
     # Ingest gateway: watermark ticks trail the wall clock by this much (remote_write delay).
     gateway_tick_lag_seconds: int = 10
     gateway_ack_timeout_seconds: float = 10.0  # longer without a Kafka ack: 503
@@ -193,6 +199,12 @@ class TallyConfig:
             limit_samples_burst_per_tenant=_env_int(env, "TALLY_LIMIT_SAMPLES_BURST_PER_TENANT",
                                                     cls.limit_samples_burst_per_tenant),
             gateway_tick_lag_seconds=_env_int(env, "TALLY_GATEWAY_TICK_LAG_SECONDS", cls.gateway_tick_lag_seconds),
+            limit_label_values_overflow=env.get("TALLY_LIMIT_LABEL_VALUES_OVERFLOW") or cls.limit_label_values_overflow,
+            limit_series_per_metric_overflow=(env.get("TALLY_LIMIT_SERIES_PER_METRIC_OVERFLOW")
+                                              or cls.limit_series_per_metric_overflow),
+            limit_series_per_tenant_overflow=(env.get("TALLY_LIMIT_SERIES_PER_TENANT_OVERFLOW")
+                                              or cls.limit_series_per_tenant_overflow),
+            relabel_rules_path=Path(env["TALLY_RELABEL_RULES_PATH"]) if env.get("TALLY_RELABEL_RULES_PATH") else None,
             agent_tenant=env.get("TALLY_AGENT_TENANT", cls.agent_tenant),
             agent_workers=_env_int(env, "TALLY_AGENT_WORKERS", cls.agent_workers),
             agent_spool_max_mb=_env_int(env, "TALLY_AGENT_SPOOL_MAX_MB", cls.agent_spool_max_mb),

@@ -29,8 +29,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from tally.limits import PROMETHEUS, Limits, Rejection, SeriesLimiter, validate_series, validate_timestamp
-from tally.series import SeriesId, series_id
+from tally.limits import PROMETHEUS, Limits, Rejection, SeriesLimiter, resolve_series, validate_timestamp
+from tally.series import SeriesId
 from tally.sketch import Sketch
 from tally.statsd import SAMPLED_TYPES, StatsdLineError, all_in_range, parse_head, parse_number, split_line
 
@@ -143,9 +143,9 @@ class Aggregator:
     def _resolve(self, key: str) -> Meta | StatsdLineError:
         try:
             head = parse_head(key)
-            validate_series(head.name, dict(head.tags), self.limits, PROMETHEUS)
+            # relabel rules, syntax checks, series id: the gateway's path too (tally.limits)
             meta: Meta | StatsdLineError = Meta(
-                series_id(self.tenant, head.name, head.tags), head.type, head.weight)
+                resolve_series(self.tenant, head.name, head.tags, self.limits, PROMETHEUS), head.type, head.weight)
         except StatsdLineError as exc:
             meta = exc
         except Rejection as exc:
@@ -209,12 +209,13 @@ class Aggregator:
                 groups.setdefault((meta.series.id, meta.type), []).append((meta, raws))
             for group in groups.values():
                 try:
-                    self.limiter.admit(group[0][0].series)
+                    admitted = self.limiter.admit(group[0][0].series)  # may drop/hash a label (overflow)
                 except Rejection as exc:
                     self.rejected[exc.reason] += sum(len(raws) for _, raws in group)
                     continue
                 flushed = self._aggregate(sec, group)
                 if flushed is not None:
+                    flushed.series = admitted
                     yield flushed
 
     def _numbers(self, raws: list[str]) -> list[float]:

@@ -18,6 +18,7 @@ import threading
 
 from tally.agent.worker import run_worker
 from tally.config import TallyConfig
+from tally.limits import limiter_metric_lines
 
 log = logging.getLogger("tally.agent")
 
@@ -65,6 +66,8 @@ def render_metrics(snapshots: dict) -> str:
             reasons[reason] = reasons.get(reason, 0) + n
     for reason, n in sorted(reasons.items()):
         out.append(f'{name}{{reason="{reason}"}} {n}')
+    # new series refused / rewritten by the cardinality limits, per tenant, metric and label
+    out.extend(limiter_metric_lines("tally_agent", [s["limiter"] for s in snapshots.values() if "limiter" in s]))
     out.append("# HELP tally_agent_workers Worker processes reporting")
     out.append("# TYPE tally_agent_workers gauge")
     out.append(f"tally_agent_workers {sum(1 for s in snapshots.values() if s.get('role') != 'sender')}")

@@ -253,7 +253,8 @@ class Worker:
     def _report(self) -> None:
         if self.stats_queue is None:
             return
-        snapshot = {**self.stats, **self.agg.counters(), "role": "receiver", "pid": self.pid, "os_pid": os.getpid()}
+        snapshot = {**self.stats, **self.agg.counters(), "role": "receiver", "pid": self.pid, "os_pid": os.getpid(),
+                    "limiter": self.agg.limiter.snapshot()}  # cardinality limits (tally.limits)
         self.stats["loop_max_turn_seconds"] = 0.0  # a gauge per report interval
         try:
             self.stats_queue.put_nowait(snapshot)

@@ -150,6 +150,8 @@ def _count_rejections(gw: Gateway, tenant: str, batch: Batch) -> None:
     for reason, n in batch.rejected.items():
         gw.metrics.inc("tally_gateway_samples_rejected_total", n, tenant=tenant, reason=reason)
     gw.metrics.inc("tally_gateway_stale_markers_skipped_total", batch.stale, tenant=tenant)
+    for reason, n in batch.dropped.items():
+        gw.metrics.inc("tally_gateway_samples_dropped_total", n, tenant=tenant, reason=reason)
 
 
 def idempotency_id(tenant: str, key: str | None, body: bytes) -> str | None:
@@ -188,6 +190,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
     counters.counters.update(gw.metrics.counters)
     for (tenant, metric, label, reason), n in gw.series_limiter.rejections.items():
         counters.inc("tally_gateway_series_limited_total", n, tenant=tenant, metric=metric, label=label, reason=reason)
+    for (tenant, metric, label, reason, action), n in gw.series_limiter.overflowed.items():
+        counters.inc("tally_gateway_series_overflowed_total", n, tenant=tenant, metric=metric, label=label,
+                     reason=reason, action=action)
     return web.Response(text=counters.render(gauges), content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 

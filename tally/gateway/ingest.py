@@ -4,21 +4,25 @@
 samples to write (series identity, type, timestamp, value, weight) and the refused ones
 counted by reason with the first messages, so an HTTP handler only authorizes, calls one
 of these, writes ``batch.accepted`` and reports.  The limits are applied here in a fixed
-order: series syntax, then each sample's value and timestamp, then cardinality (a series
-is admitted only if it has a sample to write).
+order: relabel rules and series syntax (``tally.limits.resolve_series``, the agent's path
+too), then each sample's value and timestamp, then cardinality (a series is admitted only if
+it has a sample to write; ``SeriesLimiter.admit`` may rewrite it by an overflow action).
+Series dropped by a relabel rule are counted in ``Batch.dropped`` (not an error).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from tally.limits import PROMETHEUS, STATSD, Limits, Rejection, SeriesLimiter, validate_series, validate_timestamp
+from tally.limits import PROMETHEUS, STATSD, Dropped, Limits, Rejection, SeriesLimiter, resolve_series, \
+    validate_timestamp
 from tally.remote_write import WriteRequest
-from tally.series import SeriesId, series_id
+from tally.series import SeriesId
 
 __all__ = ["Sample", "Batch", "BodyError", "SeriesCache", "from_remote_write", "load_push", "from_push", "PUSH_TYPES", "MAX_MESSAGES"]
 
@@ -50,6 +54,7 @@ class Batch:
     rejected: Counter = field(default_factory=Counter)  # reason -> samples refused
     messages: list[str] = field(default_factory=list)  # first MAX_MESSAGES explanations
     stale: int = 0  # Prometheus staleness markers skipped (not data, not an error)
+    dropped: Counter = field(default_factory=Counter)  # reason -> samples dropped by relabel rules (on purpose)
 
     @property
     def rejected_total(self) -> int:
@@ -64,17 +69,19 @@ class Batch:
         """The JSON body the gateway answers with."""
         return {"accepted": len(self.accepted), "rejected": self.rejected_total,
                 "reasons": dict(sorted(self.rejected.items())), "errors": self.messages,
-                "stale_markers_skipped": self.stale}
+                "stale_markers_skipped": self.stale, "dropped": sum(self.dropped.values())}
 
 
 def _admit_and_keep(batch: Batch, series: SeriesId, valid: list[Sample], limiter: SeriesLimiter) -> None:
     if not valid:
         return
     try:
-        limiter.admit(series)
+        admitted = limiter.admit(series)
     except Rejection as exc:
         batch.reject(exc.reason, exc.message, len(valid))
         return
+    if admitted is not series:  # an overflow action dropped or hashed a label
+        valid = [dataclasses.replace(s, series=admitted) for s in valid]
     batch.accepted.extend(valid)
 
 
@@ -106,8 +113,7 @@ def _rw_series(labels_in: list[tuple[str, str]], tenant: str, limits: Limits) ->
     name = labels.pop("__name__", None)
     if name is None:
         raise Rejection("missing_metric_name", f"series {_labels_text(labels_in)} has no __name__ label")
-    validate_series(name, labels, limits, PROMETHEUS)
-    return series_id(tenant, name, labels)
+    return resolve_series(tenant, name, labels, limits, PROMETHEUS)
 
 
 def from_remote_write(req: WriteRequest, tenant: str, limits: Limits, limiter: SeriesLimiter,
@@ -136,6 +142,9 @@ def from_remote_write(req: WriteRequest, tenant: str, limits: Limits, limiter: S
                 series = exc
             if cache is not None:
                 cache.put(key, series)
+        if isinstance(series, Dropped):
+            batch.dropped[series.reason] += n
+            continue
         if isinstance(series, Rejection):
             batch.reject(series.reason, series.message, n)
             continue
@@ -200,6 +209,9 @@ def from_push(items: list, tenant: str, limits: Limits, limiter: SeriesLimiter, 
     for i, item in enumerate(items):
         try:
             sample = _push_point(i, item, tenant, limits, now_ms)
+        except Dropped as exc:
+            batch.dropped[exc.reason] += 1
+            continue
         except Rejection as exc:
             batch.reject(exc.reason, exc.message)
             continue
@@ -225,7 +237,9 @@ def _push_point(i: int, item: Any, tenant: str, limits: Limits, now_ms: int) -> 
     if mtype not in PUSH_TYPES:
         raise Rejection("bad_type", f"{where}: 'type' must be one of {sorted(PUSH_TYPES)}, got {str(mtype)[:20]!r}")
     try:
-        validate_series(name, tags, limits, STATSD)
+        series = resolve_series(tenant, name, tags, limits, STATSD)
+    except Dropped:
+        raise
     except Rejection as exc:
         raise Rejection(exc.reason, f"{where}: {exc.message}", exc.label) from None
     rate = item.get("rate", 1.0)
@@ -253,4 +267,4 @@ def _push_point(i: int, item: Any, tenant: str, limits: Limits, now_ms: int) -> 
         count = 1.0 if mtype == "g" else 1.0 / rate
         if not _finite(float(value) * count):
             raise Rejection("bad_value", f"{where}: value {value} / rate {rate} is not a finite number")
-    return Sample(series_id(tenant, name, tags), mtype, ts, float(value), count)
+    return Sample(series, mtype, ts, float(value), count)

@@ -11,6 +11,9 @@ _HELP = {
     "tally_gateway_samples_rejected_total": ("counter", "Samples refused, by tenant and reason"),
     "tally_gateway_stale_markers_skipped_total": ("counter", "Prometheus staleness markers skipped (not stored)"),
     "tally_gateway_series_limited_total": ("counter", "New series refused by a cardinality limit, by metric and label"),
+    "tally_gateway_series_overflowed_total": ("counter", "New series over a cardinality limit written with the "
+                                              "offending label dropped or hashed (overflow action)"),
+    "tally_gateway_samples_dropped_total": ("counter", "Samples dropped on purpose by relabel rules, by reason"),
     "tally_gateway_active_series": ("gauge", "Active series per tenant known to this gateway"),
     "tally_gateway_kafka_up": ("gauge", "1 while the gateway's Kafka writer is healthy"),
 }
