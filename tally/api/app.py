@@ -292,8 +292,13 @@ def _dumps(value) -> bytes:
 
 
 def make_app(cfg: TallyConfig, engine: QueryEngine | None = None,
-             extra_routes: Iterable[web.AbstractRouteDef] = (), keyring: KeyRing | None = None) -> web.Application:
+             extra_routes: Iterable[web.AbstractRouteDef] = (), keyring: KeyRing | None = None,
+             cardinality_source=None) -> web.Application:
     """The aiohttp application: the Prometheus API plus ``extra_routes`` (dashboard, alerts).
+
+    The cardinality view (``tally.api.cardinality``: ``/api/v1/status/tsdb``,
+    ``/api/v1/status/cardinality``, its ``/metrics`` text and the ``/cardinality`` page) reads
+    ``cardinality_source`` (default: the Cassandra series index, connected on first use).
 
     ``engine`` defaults to a QueryEngine over Cassandra + Redis (closed with the app);
     ``keyring`` to the key file ``cfg.api_keys_file`` (authentication off without one).
@@ -315,6 +320,16 @@ def make_app(cfg: TallyConfig, engine: QueryEngine | None = None,
             routes.append(web.post(path, handler))
     app.add_routes(routes)
     app.add_routes(list(extra_routes))
+    from tally.api.cardinality import IndexReader, cardinality_routes
+
+    own_source = cardinality_source is None
+    cardinality_source = cardinality_source or IndexReader(cfg)
+    app.add_routes(cardinality_routes(cardinality_source, authorize))
+    if own_source:
+        async def close_source(app):
+            await cardinality_source.close()
+
+        app.on_cleanup.append(close_source)
     if own_engine:
         async def close_engine(app):
             await app[ENGINE].close()
