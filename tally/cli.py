@@ -40,6 +40,10 @@ def _job(args, cfg: TallyConfig) -> int:
     elif args.action == "cancel":
         jobctl.cancel(cfg, args.name)
         print(f"cancelled {args.name}")
+    elif args.action == "resume":
+        job_id, checkpoint = jobctl.resume(cfg, args.name, args.job_args)
+        print(f"resumed {args.name} from {checkpoint}: job id {job_id}" if checkpoint
+              else f"{args.name} is running: job id {job_id}")
     return 0
 
 
@@ -160,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack.set_defaults(func=_stack)
 
     job = sub.add_parser("job", help="submit, list and cancel Flink jobs on the local cluster")
-    job.add_argument("action", choices=["submit", "list", "cancel"])
+    job.add_argument("action", choices=["submit", "list", "cancel", "resume"],
+                     help="resume: submit again from the latest completed checkpoint (after a JobManager loss)")
     job.add_argument("name", nargs="?", default="aggregate", help="job module under jobs/ (default aggregate)")
     job.add_argument("job_args", nargs=argparse.REMAINDER, help="arguments passed to the job's main()")
     job.set_defaults(func=_job)

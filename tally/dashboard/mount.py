@@ -29,6 +29,9 @@ def mount(app: web.Application, cfg: TallyConfig) -> AlertEvaluator:
         await close()
 
     app.on_cleanup.append(close_dashboard)
+    from tally.api.quality import routes as quality_routes  # /api/v1/tally/dq, /metrics (data quality)
+
+    app.add_routes(quality_routes(cfg, authorize))
     evaluator = AlertEvaluator(cfg, engine)
     app.add_routes(evaluator.routes(tenant_of=authorize))
     app.cleanup_ctx.append(evaluator.cleanup_ctx)
