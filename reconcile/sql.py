@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Sequence
 
-from tally.schema import point_sql_columns
+from tally.schema import point_required_fields, point_sql_columns
 
 __all__ = ["COLLECT_COLUMNS", "COLLECT_QUERY", "archive_ddl", "batch_classify_views", "period_bounds_ms"]
 
@@ -76,7 +76,7 @@ def batch_classify_views(source: str, date: dt.date, hours: Sequence[int]) -> li
     NULL, tick for watermark ticks, dup for every copy of a (pid, seq) after the first.
     Copies of one id are the same record (a replay), so which one is kept is irrelevant.
     """
-    required = [n for n, _ in point_sql_columns() if n not in ("sk", "v")]
+    required = [n for n in point_required_fields() if n not in ("sk", "v")]
     complete = " AND ".join(f"`{n}` IS NOT NULL" for n in required)
     hour_list = ", ".join(f"'{h:02d}'" for h in sorted(set(hours)))
     in_period = " OR ".join(f"(`ts` >= {s} AND `ts` < {e})" for s, e in period_bounds_ms(date, hours))

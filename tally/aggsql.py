@@ -15,7 +15,9 @@ Stage 1 (computed once, then materialized):
 
 Stage 2:
 
-``on_time``     the ``ok`` points
+``on_time``     the ``ok`` points, each once for its series and once per rollup series
+                in its ``rsids`` (tally.rollup): rollup series are aggregated like any
+                series from here on (late/dup/rejected rows stay one per point)
 ``phase1``      1 s windows keyed by (tenant, sid, salt): a hot series is spread over
                 ``salt_buckets`` keys and so over all subtasks
 ``agg_1s``      1 s windows keyed by (tenant, sid): merge of the phase-1 partials
@@ -35,7 +37,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from tally.config import TallyConfig
-from tally.schema import point_sql_columns, series_sql_columns
+from tally.schema import point_required_fields, point_sql_columns, series_sql_columns
 from tally.tiers import DEFAULT_TIERS, Tier
 
 # Columns of the per-row ``buckets`` view, in order.
@@ -102,6 +104,12 @@ def _point_fields() -> str:
     return ", ".join(f"`{name}`" for name, _ in point_sql_columns())
 
 
+def _aggregated_fields(sid: str = "sid") -> str:
+    """The point fields the aggregation reads (all but ``rsids``), ``sid`` as given."""
+    return ", ".join(f"{sid} AS sid" if name == "sid" else f"`{name}`"
+                     for name, _ in point_sql_columns() if name != "rsids")
+
+
 def classify_views(source: str, tiers: Sequence[Tier] = DEFAULT_TIERS) -> list[tuple[str, str]]:
     """Stage 1: (view, query) pairs from the source table to ``classified``, where every
     record gets one ``status``: ok, late, dup, rejected or tick.
@@ -111,7 +119,7 @@ def classify_views(source: str, tiers: Sequence[Tier] = DEFAULT_TIERS) -> list[t
     in two branches could judge one record late in one and on time in the other.
     """
     first_ms = tiers[0].resolution_ms
-    required = [n for n, _ in point_sql_columns() if n not in ("sk", "v")]
+    required = [n for n in point_required_fields() if n not in ("sk", "v")]
     complete = " AND ".join(f"`{n}` IS NOT NULL" for n in required)
     return [
         # max_before (a Java UDAF) over a ROWS frame: no buffering, one row in, one row out.
@@ -143,7 +151,17 @@ def bucket_views(classified: str, tiers: Sequence[Tier] = DEFAULT_TIERS,
     over the sink's subtasks."""
     first = tiers[0]
     out: list[tuple[str, str]] = [
-        ("on_time", f"SELECT {_point_fields()}, rt FROM {classified} WHERE status = 'ok'"),
+        # Every on-time point once for its own series, plus once per rollup series it feeds
+        # (rsids, tally.rollup): same columns, sid replaced, so phase-1 salting spreads a hot
+        # rollup series and every later stage treats rollup series like any other.  One
+        # branch (UNNEST of [sid] + rsids), not a UNION ALL of a raw and a rollup branch: a
+        # union input breaks operator chaining, so every raw point would be serialized once
+        # more between the source chain and phase 1; the correlate stays chained.
+        ("on_time", f"""
+SELECT {_aggregated_fields("target")}, rt
+FROM {classified} CROSS JOIN UNNEST(
+  CASE WHEN rsids IS NULL THEN ARRAY[sid] ELSE ARRAY_CONCAT(ARRAY[sid], rsids) END) AS targets(target)
+WHERE status = 'ok'"""),
         ("phase1", f"""
 SELECT tenant, sid, window_time AS rt,
   SUM(`count`) AS cnt, SUM(`sum`) AS total, MIN(`min`) AS vmin, MAX(`max`) AS vmax,

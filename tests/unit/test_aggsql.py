@@ -96,3 +96,15 @@ def test_interval_literals_use_whole_units():
     assert [aggsql.interval(s) for s in (1, 10, 60, 3600, 86400, 90)] == [
         "INTERVAL '1' SECOND", "INTERVAL '10' SECOND", "INTERVAL '1' MINUTE", "INTERVAL '1' HOUR",
         "INTERVAL '1' DAY", "INTERVAL '90' SECOND"]
+
+
+def test_on_time_feeds_each_point_to_its_series_and_its_rollup_series():
+    on_time = dict(aggsql.bucket_views("classified_points"))["on_time"]
+    # One chained branch: [sid] + rsids unnested, the sid column replaced by the target.
+    assert "UNION" not in on_time
+    assert "CROSS JOIN UNNEST" in on_time and "ARRAY_CONCAT(ARRAY[sid], rsids)" in on_time
+    assert "WHEN rsids IS NULL THEN ARRAY[sid]" in on_time and "target AS sid" in on_time
+    assert "`rsids`" not in on_time.split("FROM")[0]  # the array does not ride into phase 1
+    # Late / duplicate / rejected rows stay one per point (never exploded).
+    buckets = dict(aggsql.bucket_views("classified_points"))["buckets"]
+    assert "UNNEST" not in buckets and "UNNEST" not in dict(aggsql.bucket_views("c"))["sink_batches"]
