@@ -14,17 +14,26 @@ daemon's CPU seconds (process + children) and lines per CPU second.
 Both daemons get the same UDP receive buffer: the kernel default unless ``--rcvbuf-bytes``
 (the agent's ``agent_udp_receive_buffer_bytes``; the reference's socket through
 bench/statsd_udp_server.js, statsd's own UDP server plus ``recvBufferSize``), so neither
-hides a deficit in a bigger buffer.  The agent flushes its 1 s aggregates to the real Kafka of the local stack, on a
+hides a deficit in a bigger buffer.  The reference's SO_RCVBUF is capped by
+``net.core.rmem_max`` (the agent, as root, passes it with SO_RCVBUFFORCE), so a request above
+it is lowered to it for both; the buffers the kernel actually gave each socket (``ss``: rb,
+and its drop count d) are printed after the run.
+
+A third receiver measures the rig itself in the same run, at the same rates and buffer: the
+``null`` receiver is one Python process that only reads and counts datagrams (recv_into, no
+parsing).  Its highest loss-free rate is the ceiling of this generator + kernel + one
+minimal reader on this machine: a daemon cannot be shown faster than that here.  The agent flushes its 1 s aggregates to the real Kafka of the local stack, on a
 private topic removed at the end.  The reference is the npm package ``statsd`` 0.9.0
 installed by ``./dev setup`` under ``<TALLY_HOME>/npm`` (a single Node.js process).
 
-    .venv/bin/python bench/agent.py [--step-seconds 10] [--rates 100000,200000,...]
+    .venv/bin/python bench/agent.py [--step-seconds 10] [--rates 100000,200000,...] [--rcvbuf-bytes N]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import os
 import random
 import re
@@ -171,6 +180,37 @@ def step_up(daemons: list[Daemon], rates: list[int], step_s: float, datagrams) -
             break
 
 
+def null_receiver(port: int, rcvbuf: int, counter) -> None:
+    """Read and count datagrams, nothing else (the rig's ceiling); runs in its own process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # as the reference: up to rmem_max
+    sock.bind(("127.0.0.1", port))
+    sock.settimeout(0.5)
+    buf = bytearray(65536)
+    recv_into = sock.recv_into
+    n = 0
+    while True:
+        try:
+            recv_into(buf)
+        except TimeoutError:
+            continue
+        n += 1
+        counter.value = n
+
+
+def socket_buffers(port: int) -> str:
+    """What the kernel gave the UDP sockets bound to port: receive buffer and drops (ss)."""
+    try:
+        out = subprocess.run(["ss", "-uamnH", f"sport = :{port}"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"(ss failed: {exc})"
+    found = re.findall(r"rb(\d+),.*?d(\d+)\)", out)
+    return ", ".join(f"rb {int(rb):,} B (drops {int(d):,})" for rb, d in found) or "(no socket)"
+
+
 def agent_received(url: str) -> int:
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     m = re.search(r"^tally_agent_received_lines_total (\d+)", text, re.M)
@@ -206,12 +246,18 @@ def main(argv=None) -> int:
     parser.add_argument("--step-seconds", type=float, default=10)
     parser.add_argument("--rates", default="50000,100000,150000,200000,300000,400000,500000,600000,800000,1000000")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", choices=["agent", "reference"], help="measure only one daemon")
+    parser.add_argument("--only", choices=["agent", "reference", "null"], help="measure only one receiver")
+    parser.add_argument("--no-null", action="store_true", help="skip the null receiver (the rig's ceiling)")
     parser.add_argument("--rcvbuf-bytes", type=int, default=0,
                         help="UDP receive buffer of BOTH daemons (0 = kernel default; at most "
                              "net.core.rmem_max, which caps the reference's setting)")
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",")]
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    if args.rcvbuf_bytes > rmem_max:
+        print(f"--rcvbuf-bytes {args.rcvbuf_bytes:,} is above net.core.rmem_max {rmem_max:,}, which caps the "
+              f"reference's SO_RCVBUF: both get {rmem_max:,} B (raise rmem_max to measure more)")
+        args.rcvbuf_bytes = rmem_max
     cfg = TallyConfig.from_env()
     statsd_js = cfg.home / "npm" / "node_modules" / "statsd" / "stats.js"
     datagrams = workload()
@@ -223,7 +269,7 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.1f} at start")
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="tally-bench-agent-"))
-    statsd_port, http_port, ref_port, ref_mgmt = 18325, 18326, 18425, 18426
+    statsd_port, http_port, ref_port, ref_mgmt, null_port = 18325, 18326, 18425, 18426, 18525
     daemons, cleanup = [], []
     buf = f"{args.rcvbuf_bytes:,} B requested" if args.rcvbuf_bytes else "kernel default"
     try:
@@ -263,16 +309,34 @@ def main(argv=None) -> int:
             wait_port(lambda: reference_received(ref_mgmt))
             print(f"reference: Etsy StatsD 0.9.0 (npm statsd, one Node.js process, UDP receive buffer {buf})")
             daemons.append(Daemon("reference", ref_port, lambda: reference_received(ref_mgmt), ref.pid))
+        if (args.only is None and not args.no_null) or args.only == "null":
+            counter = multiprocessing.Value("q", 0, lock=False)
+            null = multiprocessing.get_context("fork").Process(
+                target=null_receiver, args=(null_port, args.rcvbuf_bytes, counter), daemon=True)
+            null.start()
+            cleanup.insert(0, lambda: (null.terminate(), null.join(10)))
+            print(f"null: one Python process reading and counting datagrams (no parsing), UDP receive buffer {buf}")
+            daemons.insert(0, Daemon("null", null_port, lambda: counter.value * LINES_PER_DATAGRAM, null.pid))
+        time.sleep(1.0)
+        for d in daemons:
+            print(f"  {d.name} socket: {socket_buffers(d.port)}")
         step_up(daemons, rates, args.step_seconds, datagrams)
+        print()
+        for d in daemons:
+            print(f"{d.name:9s} socket after the run: {socket_buffers(d.port)}")
     finally:
         for fn in cleanup:
             fn()
     results = {d.name: d.best for d in daemons}
     print()
     for name, best in results.items():
-        print(f"{name:9s} highest rate with <= {MAX_LOSS * 100:g} % loss: {best:,} lines/s")
-    if len(results) == 2 and results["reference"]:
+        capped = " (highest rate tried)" if best == rates[-1] else ""
+        print(f"{name:9s} highest rate with <= {MAX_LOSS * 100:g} % loss: {best:,} lines/s{capped}")
+    if results.get("agent") is not None and results.get("reference"):
         print(f"ratio agent / reference: {results['agent'] / results['reference']:.2f}x (target >= 2x)")
+    if results.get("null") is not None and results.get("reference"):
+        print(f"rig ceiling (null receiver) / reference: {results['null'] / results['reference']:.2f}x: "
+              f"the most any ratio can show on this machine")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

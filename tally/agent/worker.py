@@ -52,6 +52,15 @@ def point_record(f: Flushed, pid: str, seq: int) -> dict:
             "sk": points.sketch_field(f.sketch), "pid": pid, "seq": seq}
 
 
+def encode_flushed(items: list[tuple[Flushed, int]], pid: str) -> Batch:
+    """The batch of (aggregate, seq) pairs: encoded points in order and their series."""
+    batch = Batch()
+    for f, seq in items:
+        batch.points.append((f.series.id, points.encode(point_record(f, pid, seq))))
+        batch.series.setdefault(f.series.id, (f.series.key, f.type))
+    return batch
+
+
 def _udp_socket(host: str, port: int, rcvbuf: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -229,7 +238,7 @@ class Worker:
         if self._pending:
             self._advance(None)  # the previous flush first: sequences stay in time order
         tick = now_sec * 1000 if now_sec is not None else int(time.time()) * 1000
-        self._pending = (self.agg.flush_iter(now_sec), Batch(), tick)
+        self._pending = (self.agg.flush_iter(now_sec), [], tick)
 
     def flush(self, now_sec: int | None) -> None:
         """Flush completely now (at shutdown)."""
@@ -237,17 +246,21 @@ class Worker:
         self._advance(None)
 
     def _advance(self, budget_s: float | None) -> None:
-        """Compute pending aggregates for up to budget_s (all when None)."""
-        aggregates, batch, tick = self._pending
+        """Compute pending aggregates for up to budget_s (all when None).  Sequences are
+        stamped here, in order; sketches are built and points encoded by the sender (in its
+        own process: off the receive loop)."""
+        aggregates, items, tick = self._pending
         deadline = time.perf_counter() + budget_s if budget_s is not None else None
         for f in aggregates:
             self.seq += 1
-            batch.points.append((f.series.id, points.encode(point_record(f, self.pid, self.seq))))
-            batch.series.setdefault(f.series.id, (f.series.key, f.type))
+            items.append((f, self.seq))
             if deadline is not None and time.perf_counter() >= deadline:
                 return
         self._pending = None
-        self.sender.submit(batch, tick)
+        if isinstance(self.sender, SenderProcess):
+            self.sender.submit_flushed(items, tick)
+        else:
+            self.sender.submit(encode_flushed(items, self.pid), tick)
         self._report()
 
     def _report(self) -> None:
@@ -279,8 +292,9 @@ class SenderProcess:
     def start(self) -> None:
         self.proc.start()
 
-    def submit(self, batch: Batch, tick_ms: int | None) -> None:
-        self.queue.put((batch.points, batch.series, tick_ms))
+    def submit_flushed(self, items: list[tuple[Flushed, int]], tick_ms: int | None) -> None:
+        """Hand (aggregate, seq) pairs over; the sender process encodes them."""
+        self.queue.put((items, tick_ms))
 
     def stop(self, timeout_s: float = 60) -> None:
         self.queue.put(None)
@@ -310,8 +324,8 @@ def _run_sender(cfg: TallyConfig, index: int, producer_id: str, q, stats_queue, 
         if item is None:
             break
         if item:
-            points_, series, tick_ms = item
-            sender.submit(Batch(points_, series), tick_ms)
+            items, tick_ms = item
+            sender.submit(encode_flushed(items, producer_id), tick_ms)
         if stats_queue is not None and time.monotonic() - last_report >= 1.0:
             last_report = time.monotonic()
             stats_queue.put_nowait(dict(stats))
