@@ -12,6 +12,18 @@ from tally.stack.process import StackError
 def _stack(args, cfg: TallyConfig) -> int:
     from tally.stack import launcher
 
+    if (args.topology or cfg.stack_topology) == "multi":
+        import os
+
+        from tally.stack import topology
+
+        cfg = topology.multi_config(os.environ)
+    if args.action == "env":  # eval "$(tally stack env --topology multi)": other commands reach it
+        from tally.stack import topology
+
+        for name, value in sorted(topology.stack_env(cfg).items()):
+            print(f"export {name}='{value}'")
+        return 0
     if args.action == "up":
         launcher.up(cfg, args.components, timeout_s=args.timeout)
     elif args.action == "down":
@@ -157,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="the embedded local stack (Kafka, Cassandra, Redis, Flink)")
-    stack.add_argument("action", choices=["up", "down", "status", "logs", "fetch"])
+    stack.add_argument("action", choices=["up", "down", "status", "logs", "fetch", "env"],
+                       help="env: print the TALLY_* exports that point other commands at this stack")
+    stack.add_argument("--topology", choices=["single", "multi"], default=None,
+                       help="multi: 3 Cassandra nodes, 3 Kafka brokers, 2 TaskManagers on 127.0.0.1-3 with their "
+                            "own home and ports (default: TALLY_STACK_TOPOLOGY, else single)")
     stack.add_argument("components", nargs="*", help="kafka, cassandra, redis, flink (default: all)")
     stack.add_argument("--timeout", type=float, default=240, help="seconds `up` waits for health")
     stack.add_argument("--lines", type=int, default=40, help="log lines per process for `logs`")

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from tally.config import TallyConfig
-from tally.stack import fetch
-from tally.stack.process import StackError
+from tally.stack import fetch, topology
+from tally.stack.process import StackError, port_open
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,15 @@ def _conf_dir(cfg: TallyConfig, name: str) -> Path:
 
 def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV_PROMPT"))}
+
+
+_KAFKA_LOG4J = (
+    "rootLogger.level=WARN\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
+    "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
+    "appender.stdout.layout.type=PatternLayout\n"
+    "appender.stdout.layout.pattern=[%d] %p %m (%c)%n"
+    "\nlogger.server.name=kafka.server.KafkaRaftServer\nlogger.server.level=INFO\n"
+)
 
 
 class Kafka:
@@ -91,13 +101,7 @@ class Kafka:
                 ]
             )
         )
-        (conf / "log4j2.properties").write_text(
-            "rootLogger.level=WARN\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
-            "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
-            "appender.stdout.layout.type=PatternLayout\n"
-            "appender.stdout.layout.pattern=[%d] %p %m (%c)%n\n"
-            "logger.server.name=kafka.server.KafkaRaftServer\nlogger.server.level=INFO\n"
-        )
+        (conf / "log4j2.properties").write_text(_KAFKA_LOG4J)
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
             cmd = self._java(cfg) + [
@@ -108,8 +112,8 @@ class Kafka:
             if result.returncode != 0:
                 raise StackError(f"kafka storage format failed: {result.stderr.strip()[-300:]}")
 
-    def _java(self, cfg: TallyConfig) -> list[str]:
-        conf = _conf_dir(cfg, "kafka")
+    def _java(self, cfg: TallyConfig, conf: Path | None = None) -> list[str]:
+        conf = conf or _conf_dir(cfg, "kafka")
         return [
             fetch.require_java(),
             f"-Xms{cfg.kafka_heap_mb}m", f"-Xmx{cfg.kafka_heap_mb}m",
@@ -246,7 +250,10 @@ class Cassandra:
         (conf / "logback.xml").write_text(CASSANDRA_LOGBACK)
 
     def processes(self, cfg: TallyConfig) -> list[Proc]:
-        conf = _conf_dir(cfg, "cassandra")
+        return [Proc("cassandra", self._argv(cfg, _conf_dir(cfg, "cassandra"), cfg.data_dir / "cassandra", 0),
+                     _base_env())]
+
+    def _argv(self, cfg: TallyConfig, conf: Path, data: Path, token: int, ring_delay_ms: int = 1000) -> list[str]:
         lib = fetch.lib_dir(cfg, "cassandra")
         jamm = sorted(lib.glob("jamm-*.jar"))
         heap = cfg.cassandra_heap_mb
@@ -258,15 +265,15 @@ class Cassandra:
             f"-Dcassandra.config=file://{conf / 'cassandra.yaml'}",
             f"-Dlogback.configurationFile={conf / 'logback.xml'}",
             f"-Dcassandra.logdir={cfg.log_dir}",
-            f"-Dcassandra.storagedir={cfg.data_dir / 'cassandra'}",
+            f"-Dcassandra.storagedir={data}",
             "-Dcassandra-foreground=yes",
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-            "-Dcassandra.initial_token=0",
-            "-Dcassandra.ring_delay_ms=1000",
+            f"-Dcassandra.initial_token={token}",
+            f"-Dcassandra.ring_delay_ms={ring_delay_ms}",
             "-cp", f"{conf}:{fetch.classpath(cfg, 'cassandra')}",
             "org.apache.cassandra.service.CassandraDaemon",
         ]
-        return [Proc("cassandra", argv, _base_env())]
+        return argv
 
     def health(self, cfg: TallyConfig) -> str:
         from tally.cql import connect
@@ -347,6 +354,11 @@ class Flink:
             # Flink's scripts find their Python through PATH; use this interpreter's venv.
             PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
         )
+        if cfg.stack_topology == "multi":
+            # The job's client reads its cluster from TALLY_* settings: those of this config.
+            from tally.stack.topology import config_env
+
+            env.update(config_env(cfg))
         return env
 
     def prepare(self, cfg: TallyConfig) -> None:
@@ -427,3 +439,225 @@ def _flink_default_java_opts(config_yaml: Path) -> str:
 
 
 COMPONENTS = (Kafka(), Cassandra(), Redis(), Flink())
+
+
+# -- multi-node topology (tally.stack.topology) -------------------------------------------------
+#
+# Each class below runs several processes of one component, one per loopback address; the
+# launcher asks process_names_for(cfg) and addresses(cfg) instead of the single-node
+# process_names and ports(cfg), and calls wait_started() after starting each process.
+
+
+def _wait_port(host: str, port: int, managed, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not port_open(host, port):
+        if managed.pid() is None:
+            raise StackError(f"{managed.name} exited during start-up; last log lines:\n{managed.tail(15)}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{managed.name}: {host}:{port} not listening after {timeout_s:.0f}s")
+        time.sleep(1.0)
+
+
+class KafkaNodes(Kafka):
+    """Kafka cluster in KRaft mode: one combined broker + controller per address of the
+    bootstrap list, all controllers voters (a quorum survives one node down).  Replicated
+    internal topics, min.insync.replicas 2: acks=all writes survive one broker down."""
+
+    def process_names_for(self, cfg: TallyConfig) -> tuple[str, ...]:
+        return tuple(f"kafka-{i}" for i, _, _ in topology.kafka_nodes(cfg))
+
+    def addresses(self, cfg: TallyConfig):
+        out = []
+        for i, host, port in topology.kafka_nodes(cfg):
+            out.append((host, port, f"Kafka broker {i}", "TALLY_KAFKA_PORT"))
+            out.append((host, cfg.ports.kafka_controller, f"Kafka controller {i}", "TALLY_KAFKA_CONTROLLER_PORT"))
+        return out
+
+    def prepare(self, cfg: TallyConfig) -> None:
+        nodes = topology.kafka_nodes(cfg)
+        rf = max(1, min(cfg.kafka_replication_factor, len(nodes)))
+        min_isr = min(2, rf)
+        voters = ",".join(f"{i}@{h}:{cfg.ports.kafka_controller}" for i, h, _ in nodes)
+        id_file = cfg.data_dir / "kafka-cluster-id"
+        if not id_file.exists():
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+        cluster_id = id_file.read_text().strip()
+        for i, h, port in nodes:
+            data = cfg.data_dir / f"kafka-{i}"
+            conf = _conf_dir(cfg, f"kafka-{i}")
+            props = conf / "server.properties"
+            props.write_text("\n".join([
+                "process.roles=broker,controller",
+                f"node.id={i}",
+                f"controller.quorum.voters={voters}",
+                f"listeners=PLAINTEXT://{h}:{port},CONTROLLER://{h}:{cfg.ports.kafka_controller}",
+                f"advertised.listeners=PLAINTEXT://{h}:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={data}",
+                "num.partitions=4",
+                "auto.create.topics.enable=false",
+                f"default.replication.factor={rf}",
+                f"min.insync.replicas={min_isr}",
+                "unclean.leader.election.enable=false",
+                f"offsets.topic.replication.factor={rf}",
+                f"transaction.state.log.replication.factor={rf}",
+                f"transaction.state.log.min.isr={min_isr}",
+                f"share.coordinator.state.topic.replication.factor={rf}",
+                f"share.coordinator.state.topic.min.isr={min_isr}",
+                "group.initial.rebalance.delay.ms=0",
+                # A killed broker is fenced (and leaves the ISRs) within seconds.
+                "broker.heartbeat.interval.ms=1000",
+                "broker.session.timeout.ms=6000",
+                "replica.lag.time.max.ms=10000",
+                "log.retention.hours=168",
+                "num.network.threads=2",
+                "num.io.threads=2",
+                "background.threads=2",
+                "",
+            ]))
+            (conf / "log4j2.properties").write_text(_KAFKA_LOG4J)
+            if not (data / "meta.properties").exists():
+                cmd = self._java(cfg, conf) + [
+                    "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted",
+                ]
+                result = subprocess.run(cmd, capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise StackError(f"kafka-{i} storage format failed: {result.stderr.strip()[-300:]}")
+
+    def processes(self, cfg: TallyConfig) -> list[Proc]:
+        procs = []
+        for i, _, _ in topology.kafka_nodes(cfg):
+            conf = _conf_dir(cfg, f"kafka-{i}")
+            procs.append(Proc(f"kafka-{i}", self._java(cfg, conf) + ["kafka.Kafka", str(conf / "server.properties")],
+                              _base_env()))
+        return procs
+
+    def health(self, cfg: TallyConfig) -> str:
+        nodes = topology.kafka_nodes(cfg)
+        down = [f"kafka-{i} ({h}:{p})" for i, h, p in nodes if not port_open(h, p)]
+        if len(down) == len(nodes):
+            raise RuntimeError("no broker listening")
+        detail = super().health(cfg)
+        if down:
+            raise RuntimeError(f"{', '.join(down)} down; {detail}")
+        brokers = int(detail.split()[0])
+        if brokers < len(nodes):
+            raise RuntimeError(f"{brokers} of {len(nodes)} brokers registered")
+        return detail
+
+
+class CassandraNodes(Cassandra):
+    """Cassandra ring: one node per contact-point address, same ports on each address, one
+    evenly spaced token per node; the first node is the seed.  Nodes start one at a time
+    (a node bootstraps into the ring only while no other node is joining)."""
+
+    def process_names_for(self, cfg: TallyConfig) -> tuple[str, ...]:
+        return tuple(f"cassandra-{i}" for i, _ in topology.cassandra_nodes(cfg))
+
+    def addresses(self, cfg: TallyConfig):
+        out = []
+        for i, host in topology.cassandra_nodes(cfg):
+            out.append((host, cfg.ports.cassandra_cql, f"Cassandra CQL node {i}", "TALLY_CASSANDRA_CQL_PORT"))
+            out.append((host, cfg.ports.cassandra_storage, f"Cassandra storage node {i}",
+                        "TALLY_CASSANDRA_STORAGE_PORT"))
+        return out
+
+    def prepare(self, cfg: TallyConfig) -> None:
+        nodes = topology.cassandra_nodes(cfg)
+        seed = f"{nodes[0][1]}:{cfg.ports.cassandra_storage}"
+        for i, host in nodes:
+            data = cfg.data_dir / f"cassandra-{i}"
+            for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw"):
+                (data / sub).mkdir(parents=True, exist_ok=True)
+            conf = _conf_dir(cfg, f"cassandra-{i}")
+            yaml_text = CASSANDRA_YAML.format(
+                data=data, host=host, storage_port=cfg.ports.cassandra_storage, cql_port=cfg.ports.cassandra_cql,
+            )
+            for old, new in (("cluster_name: tally-local", "cluster_name: tally-multi"),
+                             ("initial_token: 0", f"initial_token: {topology.cassandra_token(i, len(nodes))}"),
+                             (f'seeds: "{host}:{cfg.ports.cassandra_storage}"', f'seeds: "{seed}"'),
+                             ("memtable_heap_space: 128MiB", "memtable_heap_space: 64MiB"),
+                             ("memtable_offheap_space: 128MiB", "memtable_offheap_space: 64MiB")):
+                yaml_text = yaml_text.replace(old, new)
+            (conf / "cassandra.yaml").write_text(yaml_text)
+            (conf / "logback.xml").write_text(CASSANDRA_LOGBACK)
+
+    def processes(self, cfg: TallyConfig) -> list[Proc]:
+        nodes = topology.cassandra_nodes(cfg)
+        # A joining node waits up to the ring delay to hear from the seed through gossip; 1 s
+        # (the single node's setting) is too short on busy shared cores ("Unable to contact
+        # any seeds").
+        return [Proc(f"cassandra-{i}", self._argv(cfg, _conf_dir(cfg, f"cassandra-{i}"), cfg.data_dir / f"cassandra-{i}",
+                                                  topology.cassandra_token(i, len(nodes)), ring_delay_ms=10_000),
+                     _base_env())
+                for i, _ in nodes]
+
+    def wait_started(self, cfg: TallyConfig, proc_name: str, managed, timeout_s: float) -> None:
+        """A node serves CQL once it has joined the ring: only then may the next one start."""
+        i = int(proc_name.rsplit("-", 1)[1])
+        host = dict(topology.cassandra_nodes(cfg))[i]
+        _wait_port(host, cfg.ports.cassandra_cql, managed, timeout_s)
+
+    def health(self, cfg: TallyConfig) -> str:
+        from tally.cql import connect
+
+        nodes = topology.cassandra_nodes(cfg)
+        down = [f"cassandra-{i} ({h})" for i, h in nodes if not port_open(h, cfg.ports.cassandra_cql)]
+        if len(down) == len(nodes):
+            raise RuntimeError("no node serving CQL")
+        cluster, session = connect(cfg, connect_timeout_s=3)
+        try:
+            row = session.execute("SELECT release_version FROM system.local", timeout=5).one()
+            up = sorted(str(h.endpoint.address) for h in cluster.metadata.all_hosts() if h.is_up)
+        finally:
+            cluster.shutdown()
+        detail = f"{len(up)} of {len(nodes)} nodes up ({', '.join(up)}), release {row.release_version}"
+        if down or len(up) < len(nodes):
+            raise RuntimeError(f"{', '.join(down) or 'a node'} down; {detail}")
+        return detail
+
+
+class FlinkCluster(Flink):
+    """Flink JobManager and flink_taskmanagers TaskManagers, TaskManager i bound to the i-th
+    Cassandra node's address (a separate "host" each), flink_task_slots slots each."""
+
+    def process_names_for(self, cfg: TallyConfig) -> tuple[str, ...]:
+        return ("flink-jobmanager", *(f"flink-taskmanager-{i}" for i in range(1, cfg.flink_taskmanagers + 1)))
+
+    def addresses(self, cfg: TallyConfig):
+        return [(cfg.host, port, what, env) for port, what, env in self.ports(cfg)]
+
+    def _tm_host(self, cfg: TallyConfig, i: int) -> str:
+        hosts = [h for _, h in topology.cassandra_nodes(cfg)] or [cfg.host]
+        return hosts[(i - 1) % len(hosts)]
+
+    def processes(self, cfg: TallyConfig) -> list[Proc]:
+        bin_dir = self.flink_home() / "bin"
+        env = self.env(cfg)
+        procs = [Proc("flink-jobmanager", ["bash", str(bin_dir / "jobmanager.sh"), "start-foreground"], env)]
+        for i in range(1, cfg.flink_taskmanagers + 1):
+            host = self._tm_host(cfg, i)
+            procs.append(Proc(f"flink-taskmanager-{i}", [
+                "bash", str(bin_dir / "taskmanager.sh"), "start-foreground",
+                f"-Dtaskmanager.host={host}", f"-Dtaskmanager.bind-host={host}"], env))
+        return procs
+
+    def health(self, cfg: TallyConfig) -> str:
+        detail = super().health(cfg)
+        registered = int(detail.split()[0])
+        if registered < cfg.flink_taskmanagers:
+            raise RuntimeError(f"{registered} of {cfg.flink_taskmanagers} TaskManagers registered; {detail}")
+        return detail
+
+
+MULTI_COMPONENTS = (KafkaNodes(), CassandraNodes(), Redis(), FlinkCluster())
+
+
+def components_for(cfg: TallyConfig):
+    """The components of the config's stack topology."""
+    if cfg.stack_topology not in topology.TOPOLOGIES:
+        raise StackError(f"TALLY_STACK_TOPOLOGY must be one of {list(topology.TOPOLOGIES)}, got {cfg.stack_topology!r}")
+    return MULTI_COMPONENTS if cfg.stack_topology == "multi" else COMPONENTS
