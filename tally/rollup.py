@@ -29,12 +29,16 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from tally.promql.ast import Matcher, VectorSelector
 from tally.series import SeriesId, series_id
 
-__all__ = ["ROLLUP_LABEL", "RollupRule", "RollupRuleError", "RollupSet", "Rollups", "load_rules", "parse_rules"]
+if TYPE_CHECKING:
+    from tally.aggregate import Aggregate
+
+__all__ = ["ROLLUP_LABEL", "RollupRule", "RollupRuleError", "RollupSet", "Rollups", "load_rules", "parse_rules",
+           "rollup_buckets"]
 
 ROLLUP_LABEL = "__rollup__"
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -121,6 +125,26 @@ class RollupSet:
             self._cache.clear()
         self._cache[series.id] = result
         return result
+
+
+def rollup_buckets(rules: RollupSet, buckets: Iterable[tuple[SeriesId, int, "Aggregate"]]) -> dict:
+    """The rollup buckets of some raw buckets: {(rollup SeriesId, bucket start): Aggregate},
+    each the merge (tally.aggregate.Aggregate.merge) of the raw buckets of its group with
+    that start; what the streaming job computes, for loaders that write buckets directly
+    (benchmarks) and for tests.  Inputs are not modified."""
+    out: dict = {}
+    for series, ts, agg in buckets:
+        mapped = rules.rollups(series)
+        if mapped is None:
+            continue
+        for _rule, rollup in mapped.series:
+            key = (rollup, int(ts))
+            acc = out.get(key)
+            if acc is None:
+                out[key] = agg.copy()
+            else:
+                acc.merge(agg)
+    return out
 
 
 def _parse_since(value: Any, where: str) -> int:

@@ -56,6 +56,8 @@ def encode_result(result) -> bytes:
     """The ``data`` object of a query response for a tally.query.engine.QueryResult."""
     times = result.times_ms
     tier = orjson.dumps(result.tier)
+    if getattr(result, "rollups", None):  # the rollup rules that answered (tally.query.rollups)
+        tier += b',"rollups":' + orjson.dumps(result.rollups)
     if result.result_type == "scalar":
         v = float(result.data[0][-1]) if len(result.data) else math.nan
         return (b'{"resultType":"scalar","result":[' + format_time(times[-1]) + b',"' + format_value(v).encode()

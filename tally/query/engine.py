@@ -37,7 +37,9 @@ from tally.promql.parser import is_scalar, parse
 from tally.promql.views import split_derived, view_for, columns_for
 from tally.query.cache import Extent, ResultCache, merge_parts
 from tally.query.resolution import choose_tier
+from tally.query.rollups import is_rollup_selector, plan as plan_rollups, rollup_metric_names
 from tally.query.storage import SeriesMeta, Storage
+from tally.rollup import ROLLUP_LABEL, RollupSet, load_rules
 from tally.tiers import DEFAULT_TIERS, Tier
 
 __all__ = ["QueryEngine", "QueryResult", "ResultSeries", "QueryTimeout", "TooManyPoints", "QueryLimits"]
@@ -83,7 +85,9 @@ class QueryResult:
     ``result_type``: "vector" (instant), "matrix" (range) or "scalar"; ``times_ms``: the
     evaluation times; ``labels``/``data``: series labels (sorted pairs) and a
     (series × steps) matrix with NaN = no sample; ``tier``: the tier read; ``closed``:
-    every step was final (cacheable); ``stats``: series/bucket counts, cache use, timings.
+    every step was final (cacheable); ``stats``: series/bucket counts, cache use, timings;
+    ``rollups``: the rollup rules that answered parts of the query (tally.query.rollups),
+    as dicts with ``rule``, ``selector`` and ``note``.
     """
 
     result_type: str
@@ -94,6 +98,7 @@ class QueryResult:
     warnings: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     closed: bool = False
+    rollups: list = field(default_factory=list)
 
     def series(self) -> list[ResultSeries]:
         """Series with their points (NaN steps left out)."""
@@ -170,8 +175,10 @@ class QueryEngine:
 
     def __init__(self, cfg: TallyConfig, storage: Storage | None = None, tiers: Sequence[Tier] = DEFAULT_TIERS,
                  clock: Callable[[], float] = time.time, cache: ResultCache | None = None,
-                 limits: QueryLimits | None = None):
+                 limits: QueryLimits | None = None, rollups: RollupSet | None = None):
         self.cfg = cfg
+        # Rollup rules (tally.rollup): covered aggregations read the rollup series.
+        self.rollups = rollups if rollups is not None else load_rules(cfg.rollup_rules_path)
         if storage is None:
             from tally.query.store import BucketStore
 
@@ -268,7 +275,8 @@ class QueryEngine:
         out = []
         for name in await self.storage.metric_names(tenant):
             for meta in await self.storage.series(tenant, name):
-                out.append({"__name__": name, **dict(meta.tags)})
+                if ROLLUP_LABEL not in dict(meta.tags):
+                    out.append({"__name__": name, **dict(meta.tags)})
         return out
 
     def _slot(self, tenant: str) -> asyncio.Semaphore:
@@ -303,6 +311,9 @@ class QueryEngine:
             raise TooManyPoints(str(exc).strip('"')) from None
         result_type = "scalar" if is_scalar(node) else ("matrix" if step_ms else "vector")
         stats = {"tier": tier.name, "series_fetched": 0, "buckets_fetched": 0, "cache": "off"}
+        uses = []
+        if self.rollups:
+            node, uses = await self._plan_rollups(tenant, node, int(times[0]) - base_reach - max_offset)
         warnings: list[str] = []
         # A step is closed when the newest bucket it reads ended grace + settle ago.
         closed_limit = now_ms - self.grace_ms - int(self.limits.cache_settle_s * 1000)
@@ -338,7 +349,22 @@ class QueryEngine:
         stats["seconds"] = round(time.perf_counter() - started, 6)
         if result_type != "scalar":
             labels, data = _sorted(labels, data)
-        return QueryResult(result_type, out_times, labels, data, tier.name, warnings, stats, bool(closed.all()))
+        return QueryResult(result_type, out_times, labels, data, tier.name, warnings, stats, bool(closed.all()),
+                           [u.as_dict() for u in uses])
+
+    async def _plan_rollups(self, tenant: str, node, earliest_ms: int):
+        """Rewrite the aggregations a rollup rule answers (tally.query.rollups), given the
+        metric types and the rules whose rollup series exist in the tenant's index."""
+        names = rollup_metric_names(node, self.rollups)
+        if not names:
+            return node, []
+        mtypes, available = {}, set()
+        for name in sorted(names):
+            metas = await self.storage.series(tenant, name)
+            rolled = {dict(m.tags).get(ROLLUP_LABEL) for m in metas} - {None}
+            mtypes[name] = next((m.mtype for m in metas if m.mtype), None)
+            available |= rolled
+        return plan_rollups(node, self.rollups, mtypes, available, earliest_ms)
 
     async def _evaluate(self, tenant, node, times, step_ms, tier, stats, warnings, deadline):
         lookback_ms = max(self.limits.lookback_s * 1000, tier.resolution_ms)
@@ -393,6 +419,9 @@ class QueryEngine:
         """(meta, name shown, suffix) for every series the selector matches."""
         name_matchers = [m for m in sel.matchers if m.name == "__name__"]
         tag_matchers = [m for m in sel.matchers if m.name != "__name__"]
+        # Rollup series (tally.rollup) are seen only by selectors naming __rollup__, so an
+        # ordinary selector never counts a sample twice (raw + rollup).
+        see_rollups = is_rollup_selector(sel)
         candidates: list[tuple[str, str, str]] = []  # (stored name, shown name, suffix)
         if sel.name is not None:
             candidates.append((sel.name, sel.name, ""))
@@ -411,6 +440,8 @@ class QueryEngine:
                 continue  # a stored metric of that exact name wins over the derived one
             for meta in metas:
                 tags = dict(meta.tags)
+                if ROLLUP_LABEL in tags and not see_rollups:
+                    continue
                 if all(m.matches(tags.get(m.name)) for m in tag_matchers):
                     out.append((meta, shown, suffix))
                     if not suffix:

@@ -9,7 +9,8 @@ PURE = ["tally.series", "tally.sketch", "tally.bucketpack", "tally.aggregate", "
         "tally.promql.parser", "tally.promql.evaluator", "tally.promql.views", "tally.promql.sketches",
         "tally.query.resolution", "tally.query.cache", "tally.query.storage", "tally.query.engine",
         "tally.statsd", "tally.agent.aggregator", "tally.agent.spool",
-        "tally.archive", "reconcile.sql", "reconcile.diff", "tally.relabel", "tally.cardinality"]
+        "tally.archive", "reconcile.sql", "reconcile.diff", "tally.relabel", "tally.cardinality",
+        "tally.rollup", "tally.query.rollups"]
 ENGINES = ["pyflink", "cassandra", "redis", "kafka"]
 
 
