@@ -227,11 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tally.relabel import RelabelError
+
     args = build_parser().parse_args(argv)
     cfg = TallyConfig.from_env()
     try:
         return args.func(args, cfg)
     except StackError as exc:
+        print(f"tally: {exc}", file=sys.stderr)
+        return 2
+    except RelabelError as exc:  # a bad relabel rule file (agent, gateway): say which rule and field
         print(f"tally: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

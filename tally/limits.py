@@ -277,8 +277,9 @@ class SeriesLimiter:
         or its rewrite by an overflow action; raise Rejection if it is new and refused."""
         now = self.clock() if now_s is None else now_s
         self._expire(now)
-        if series.id in self._last_seen:
-            self._touch(series, now)
+        if series.id in self._last_seen:  # the common case, inline: the agent calls this per series per second
+            self._last_seen[series.id] = (now, series)
+            self._last_seen.move_to_end(series.id)
             return series
         redirect = self._redirects.get(series.id)
         if redirect is not None and redirect[0].id in self._last_seen:
