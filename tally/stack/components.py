@@ -53,6 +53,16 @@ _KAFKA_LOG4J = (
 )
 
 
+def _kafka_cluster_id() -> str:
+    """A random Kafka cluster id (URL-safe base64 of a UUID) that does not start with '-',
+    which the storage tool's argument parser would take for an option (as Kafka's own
+    Uuid.randomUuid avoids)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka:
     """Apache Kafka broker in KRaft mode (combined broker + controller), one JVM."""
 
@@ -103,7 +113,7 @@ class Kafka:
         )
         (conf / "log4j2.properties").write_text(_KAFKA_LOG4J)
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = _kafka_cluster_id()
             cmd = self._java(cfg) + [
                 "kafka.tools.StorageTool", "format", "-t", cluster_id,
                 "-c", str(self._properties(cfg)), "--ignore-formatted",
@@ -481,7 +491,7 @@ class KafkaNodes(Kafka):
         id_file = cfg.data_dir / "kafka-cluster-id"
         if not id_file.exists():
             id_file.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+            id_file.write_text(_kafka_cluster_id())
         cluster_id = id_file.read_text().strip()
         for i, h, port in nodes:
             data = cfg.data_dir / f"kafka-{i}"

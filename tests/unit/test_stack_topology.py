@@ -90,3 +90,11 @@ def subprocess_module():
 class _Done:
     returncode = 0
     stderr = ""
+
+
+def test_kafka_cluster_ids_never_look_like_an_option():
+    from tally.stack.components import _kafka_cluster_id
+
+    ids = {_kafka_cluster_id() for _ in range(2000)}  # ~1 in 64 raw ids starts with '-'
+    assert len(ids) == 2000 and not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids)
