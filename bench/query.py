@@ -417,6 +417,9 @@ def main(argv=None) -> int:
                 details.append(f"  {name}: tally {summarize(body) if body else '-'}")
             print(f"{name:4} {expr:52} {label:14} {tier:4} {fmt(cold, err):>15} {fmt(warm, werr):>13} "
                   f"{cass_cold:>20} {vm_txt:>15} {ratio:>17}", flush=True)
+        import query_rollup  # bench/query_rollup.py: Q5 from a rollup rule (issue 8)
+
+        query_rollup.run(cfg, data, args, sys.modules[__name__], api_port, vm_port)
         if errors:
             print("\nerrors:\n  " + "\n  ".join(errors))
         print("\nresponses:")
