@@ -9,7 +9,7 @@ the same background load of this shared machine).  Loss per step = 1 - received 
 ``tally_agent_received_lines_total`` on /metrics, the reference's ``statsd.metrics_received``
 summed over its flushes by bench/statsd_count_backend.js (read on its management port).
 The highest step with loss <= 0.1 % is each daemon's figure; each step also prints the
-daemon's CPU seconds (process + children) and lines per CPU second.
+daemon's CPU seconds (process + descendants), lines per CPU second and the generator's CPU.
 
 Both daemons get the same UDP receive buffer: the kernel default unless ``--rcvbuf-bytes``
 (the agent's ``agent_udp_receive_buffer_bytes``; the reference's socket through
@@ -26,7 +26,11 @@ minimal reader on this machine: a daemon cannot be shown faster than that here. 
 private topic removed at the end.  The reference is the npm package ``statsd`` 0.9.0
 installed by ``./dev setup`` under ``<TALLY_HOME>/npm`` (a single Node.js process).
 
+``--baseline REV`` adds the agent as it was at git revision REV (its ``tally`` and ``schemas``
+extracted with ``git archive``), stepped in the same run: before/after under the same load.
+
     .venv/bin/python bench/agent.py [--step-seconds 10] [--rates 100000,200000,...] [--rcvbuf-bytes N]
+                                    [--baseline REV]
 """
 
 from __future__ import annotations
@@ -118,16 +122,23 @@ def send_at(port: int, rate_lines: float, seconds: float, datagrams: list[bytes]
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (the agent's workers)."""
+    """User + system CPU seconds of a process and all its descendants (the agent's workers
+    and their sender processes)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    procs = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1] = ppid
-            total += (int(fields[11]) + int(fields[12])) / tick
+        procs[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)  # ppid, cpu
+    total = 0.0
+    for p, (_, cpu) in procs.items():
+        q = p
+        while q > 1 and q != pid:
+            q = procs.get(q, (0, 0))[0]
+        if q == pid:
+            total += cpu
     return total
 
 
@@ -146,18 +157,19 @@ def measure(d: Daemon, rate: int, step_s: float, datagrams) -> bool:
     time.sleep(2.5)
     before = d.read_received()
     cpu0 = cpu_seconds(d.pid)
-    t0 = time.perf_counter()
+    t0, gen0 = time.perf_counter(), time.process_time()
     sent = send_at(d.port, rate, step_s, datagrams)
-    elapsed = time.perf_counter() - t0
+    elapsed, gen_cpu = time.perf_counter() - t0, time.process_time() - gen0
     time.sleep(3.0)  # let the daemon report what it took in (flush intervals are 1 s)
     received = d.read_received() - before
     cpu = cpu_seconds(d.pid) - cpu0
     loss = 1 - received / sent if sent else 1.0
     achieved = sent / elapsed
     ok = loss <= MAX_LOSS and achieved >= 0.97 * rate
-    print(f"  {d.name:9s} offered {rate:>9,}/s (sent {achieved:>9,.0f}/s): received {received:>10,} of "
+    print(f"  {d.name:15s} offered {rate:>9,}/s (sent {achieved:>9,.0f}/s): received {received:>10,} of "
           f"{sent:>10,} lines, loss {loss * 100:6.3f} %, {cpu:5.1f} CPU s = "
-          f"{received / cpu if cpu else 0:>9,.0f} lines per CPU second, load {os.getloadavg()[0]:4.1f}"
+          f"{received / cpu if cpu else 0:>9,.0f} lines per CPU second; generator {gen_cpu / elapsed:4.2f} cores, "
+          f"load {os.getloadavg()[0]:4.1f}"
           f"{'' if ok else '  <- over'}", flush=True)
     if not ok and achieved < 0.97 * rate:
         print("  (the generator could not offer this rate on this machine)")
@@ -248,6 +260,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=["agent", "reference", "null"], help="measure only one receiver")
     parser.add_argument("--no-null", action="store_true", help="skip the null receiver (the rig's ceiling)")
+    parser.add_argument("--baseline", metavar="REV", help="also measure the agent of this git revision")
     parser.add_argument("--rcvbuf-bytes", type=int, default=0,
                         help="UDP receive buffer of BOTH daemons (0 = kernel default; at most "
                              "net.core.rmem_max, which caps the reference's setting)")
@@ -272,25 +285,36 @@ def main(argv=None) -> int:
     statsd_port, http_port, ref_port, ref_mgmt, null_port = 18325, 18326, 18425, 18426, 18525
     daemons, cleanup = [], []
     buf = f"{args.rcvbuf_bytes:,} B requested" if args.rcvbuf_bytes else "kernel default"
+    def start_agent(name: str, code_dir: Path, port: int, http: int) -> Daemon:
+        tag = name.replace("@", "-")
+        topic, series_topic = f"tally.bench.{run}.{tag}.points", f"tally.bench.{run}.{tag}.series"
+        ensure_topic(cfg, topic, cfg.kafka_partitions)
+        ensure_topic(cfg, series_topic, cfg.kafka_partitions)
+        cleanup.append(lambda: (delete_topic(cfg, topic), delete_topic(cfg, series_topic)))
+        env = {**os.environ, "TALLY_HOME": str(tmp / tag), "TALLY_STATSD_PORT": str(port),
+               "TALLY_AGENT_HTTP_PORT": str(http), "TALLY_POINTS_TOPIC": topic,
+               "TALLY_SERIES_TOPIC": series_topic, "TALLY_AGENT_WORKERS": str(args.workers),
+               "TALLY_AGENT_UDP_RECEIVE_BUFFER_BYTES": str(args.rcvbuf_bytes),
+               "TALLY_KAFKA_PORT": str(cfg.ports.kafka)}
+        agent = subprocess.Popen([sys.executable, "-m", "tally.cli", "agent"], env=env, cwd=code_dir,
+                                 stdout=open(tmp / f"{tag}.log", "w"), stderr=subprocess.STDOUT)
+        cleanup.insert(0, lambda: (agent.send_signal(signal.SIGTERM), agent.wait(60)))
+        url = f"http://127.0.0.1:{http}/metrics"
+        wait_port(lambda: agent_received(url))
+        print(f"{name}: Tally agent ({code_dir}), {args.workers} SO_REUSEPORT worker processes, UDP receive "
+              f"buffer {buf}, 1 s aggregates to the real Kafka (topic {topic})")
+        return Daemon(name, port, lambda: agent_received(url), agent.pid)
+
     try:
         if args.only in (None, "agent"):
-            topic, series_topic = f"tally.bench.{run}.points", f"tally.bench.{run}.series"
-            ensure_topic(cfg, topic, cfg.kafka_partitions)
-            ensure_topic(cfg, series_topic, cfg.kafka_partitions)
-            cleanup.append(lambda: (delete_topic(cfg, topic), delete_topic(cfg, series_topic)))
-            env = {**os.environ, "TALLY_HOME": str(tmp), "TALLY_STATSD_PORT": str(statsd_port),
-                   "TALLY_AGENT_HTTP_PORT": str(http_port), "TALLY_POINTS_TOPIC": topic,
-                   "TALLY_SERIES_TOPIC": series_topic, "TALLY_AGENT_WORKERS": str(args.workers),
-                   "TALLY_AGENT_UDP_RECEIVE_BUFFER_BYTES": str(args.rcvbuf_bytes),
-                   "TALLY_KAFKA_PORT": str(cfg.ports.kafka)}
-            agent = subprocess.Popen([sys.executable, "-m", "tally.cli", "agent"], env=env, cwd=REPO_ROOT,
-                                     stdout=open(tmp / "agent.log", "w"), stderr=subprocess.STDOUT)
-            cleanup.insert(0, lambda: (agent.send_signal(signal.SIGTERM), agent.wait(60)))
-            url = f"http://127.0.0.1:{http_port}/metrics"
-            wait_port(lambda: agent_received(url))
-            print(f"agent: Tally agent, {args.workers} SO_REUSEPORT worker processes, UDP receive buffer {buf}, "
-                  f"1 s aggregates to the real Kafka (topic {topic})")
-            daemons.append(Daemon("agent", statsd_port, lambda: agent_received(url), agent.pid))
+            daemons.append(start_agent("agent", REPO_ROOT, statsd_port, http_port))
+            if args.baseline:
+                code = tmp / "baseline"
+                code.mkdir()
+                archive = subprocess.run(["git", "archive", args.baseline, "tally", "schemas"], cwd=REPO_ROOT,
+                                         capture_output=True, check=True).stdout
+                subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+                daemons.append(start_agent(f"agent@{args.baseline[:7]}", code, 18625, 18626))
         if args.only in (None, "reference"):
             if not statsd_js.exists():
                 print(f"reference StatsD not installed at {statsd_js}: run ./dev setup")
@@ -323,7 +347,7 @@ def main(argv=None) -> int:
         step_up(daemons, rates, args.step_seconds, datagrams)
         print()
         for d in daemons:
-            print(f"{d.name:9s} socket after the run: {socket_buffers(d.port)}")
+            print(f"{d.name:15s} socket after the run: {socket_buffers(d.port)}")
     finally:
         for fn in cleanup:
             fn()
@@ -331,9 +355,10 @@ def main(argv=None) -> int:
     print()
     for name, best in results.items():
         capped = " (highest rate tried)" if best == rates[-1] else ""
-        print(f"{name:9s} highest rate with <= {MAX_LOSS * 100:g} % loss: {best:,} lines/s{capped}")
-    if results.get("agent") is not None and results.get("reference"):
-        print(f"ratio agent / reference: {results['agent'] / results['reference']:.2f}x (target >= 2x)")
+        print(f"{name:15s} highest rate with <= {MAX_LOSS * 100:g} % loss: {best:,} lines/s{capped}")
+    for name, best in results.items():
+        if name.startswith("agent") and results.get("reference"):
+            print(f"ratio {name} / reference: {best / results['reference']:.2f}x (target >= 2x)")
     if results.get("null") is not None and results.get("reference"):
         print(f"rig ceiling (null receiver) / reference: {results['null'] / results['reference']:.2f}x: "
               f"the most any ratio can show on this machine")

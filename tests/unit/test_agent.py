@@ -264,3 +264,47 @@ def test_values_a_sketch_cannot_hold_are_rejected_and_the_rest_kept():
         assert a.counters()["rejected"] == {"bad_value": datagram.count("e306")}
         assert len(pts) == 1 and all(math.isfinite(p.sum) for p in pts)
     assert pts[0].last == 5.0
+
+
+def test_sketch_is_built_from_the_samples_like_a_direct_one():
+    # The receive loop keeps a timer's values as samples; whoever encodes the point builds the
+    # sketch: the same bytes as adding the values (with their weights) to a sketch directly.
+    from tally.sketch import Sketch
+
+    a = agg()
+    values = [round(1.5 ** i, 3) for i in range(-20, 60)]
+    a.ingest("\n".join(f"lat:{v}|ms" for v in values) + "\nlat:7|ms|@0.25", NOW)
+    (p,) = a.flush()
+    direct = Sketch().add_many(values).add(7.0, 4.0)
+    assert p.sketch.to_bytes() == direct.to_bytes()
+    assert (p.count, p.last) == (len(values) + 4.0, 7.0)
+
+
+def test_bounded_head_cache_keeps_pending_values_when_it_forgets_keys():
+    a = agg(max_heads=3)
+    a.ingest("\n".join(f"old{i}:1|c" for i in range(5)), NOW)
+    a.flush()
+    a.ingest("q:5|g\nq:+1|g\nt:2|ms\ns:x|s\nc:4|c\nbad:1|zz", NOW + 1)
+    a.flush(before_sec=NOW)  # nothing closed, but the cache is over its bound: forgets old keys
+    assert len(a.heads) == 4 and len(a.metas) == 4
+    a.ingest("c:6|c\nt:3|ms\nq:+1|g", NOW + 1)
+    pts = by_name(a.flush())
+    ts = (NOW + 1) * 1000
+    assert pts[("c", "c", ts)].sum == 10.0
+    assert (pts[("t", "ms", ts)].count, pts[("t", "ms", ts)].sketch.count) == (2.0, 2.0)
+    assert (pts[("q", "g", ts)].last, pts[("q", "g", ts)].count) == (7.0, 3.0)
+    assert pts[("s", "s", ts)].sum == 1.0
+
+
+def test_sender_process_side_encoding_gives_valid_points_in_seq_order():
+    from tally.agent.worker import encode_flushed
+
+    a = agg()
+    a.ingest("c:1|c\ng:1|g\nt:1:2|ms\nd:3|d\ns:a|s", NOW)
+    items = [(f, seq) for seq, f in enumerate(a.flush(), 1)]
+    batch = encode_flushed(items, "agent-x")
+    decoded = [points.decode(rec) for _sid, rec in batch.points]
+    assert [p["seq"] for p in decoded] == [1, 2, 3, 4, 5]
+    assert {p["type"]: p["sk"] is not None for p in decoded} == {"c": False, "g": False, "ms": True, "d": True,
+                                                               "s": False}
+    assert set(batch.series) == {p["sid"] for p in decoded}
