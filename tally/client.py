@@ -400,9 +400,11 @@ class KafkaClient(_BufferedClient):
                         self._producer = self._producer_factory()
                     batch = Batch()
                     for f in flushed:
+                        mapped = self._producer.rollup_of(f.series)  # rollup rules (tally.rollup)
                         batch.points.append((f.series.id, points.encode(
-                            point_record(f, self._producer.producer_id, self._producer.next_seq()))))
-                        batch.series.setdefault(f.series.id, (f.series.key, f.type))
+                            point_record(f, self._producer.producer_id, self._producer.next_seq(), mapped))))
+                        for named in (mapped.to_register(f.series) if mapped is not None else (f.series,)):
+                            batch.series.setdefault(named.id, (named.key, f.type))
                     if batch.points:
                         self._producer.deliver(batch, timeout_s=10)
                     self._producer.tick(now * 1000)

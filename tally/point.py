@@ -47,6 +47,12 @@ def from_value(series: SeriesId, metric_type: str, ts_ms: int, value: float, pid
         "min": value, "max": value, "last": value, "sk": sketch_field(sketch),
         "pid": pid, "seq": int(seq),
     }
+    return apply_rollups(point, rollups)
+
+
+def apply_rollups(point: dict[str, Any], rollups) -> dict[str, Any]:
+    """Set a point's ``sid`` and ``rsids`` from its series' rollup mapping
+    (:class:`tally.rollup.Rollups`; None: unchanged); returns the point."""
     if rollups is not None:
         point["sid"] = rollups.sid
         if rollups.rsids:

@@ -96,12 +96,9 @@ class PointProducer:
         if series.id in self._registered:
             return
         mapped = self.rollup_of(series)
-        if mapped is not None:
-            for _rule, rollup in mapped.series:
-                if rollup.id not in self._registered:
-                    self._send_registration(rollup, metric_type)
-        if mapped is None or not mapped.drop_raw:
-            self._send_registration(series, metric_type)
+        for named in (mapped.to_register(series) if mapped is not None else [series]):
+            if named.id not in self._registered:
+                self._send_registration(named, metric_type)
         self._registered.add(series.id)
 
     def _send_registration(self, series: SeriesId, metric_type: str) -> None:

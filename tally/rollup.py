@@ -84,6 +84,11 @@ class Rollups:
     series: tuple[tuple[RollupRule, SeriesId], ...]
     drop_raw: bool
 
+    def to_register(self, raw: SeriesId) -> list[SeriesId]:
+        """The series a producer names in the series index for ``raw``: its rollup series,
+        and the raw series itself unless a rule drops it."""
+        return [s for _, s in self.series] + ([] if self.drop_raw else [raw])
+
 
 class RollupSet:
     """The rules of a file, with a per-series cache of the mapping (one lookup per series)."""

@@ -29,6 +29,7 @@ from tally.agent.sender import AgentProducer, Sender
 from tally.agent.spool import Batch, Spool
 from tally.config import TallyConfig
 from tally.limits import Limits
+from tally.rollup import RollupSet, load_rules
 
 log = logging.getLogger("tally.agent")
 _RECV_BYTES = 65535
@@ -45,19 +46,24 @@ def spool_dir(cfg: TallyConfig, index: int) -> Path:
     return cfg.data_dir / "agent" / "spool" / f"worker-{index}"
 
 
-def point_record(f: Flushed, pid: str, seq: int) -> dict:
-    """The Kafka point (schemas/point.json) of one flushed partial aggregate."""
-    return {"v": points.SCHEMA_VERSION, "tenant": f.series.tenant, "sid": f.series.id, "type": f.type,
-            "ts": f.ts_ms, "count": f.count, "sum": f.sum, "min": f.min, "max": f.max, "last": f.last,
-            "sk": points.sketch_field(f.sketch), "pid": pid, "seq": seq}
+def point_record(f: Flushed, pid: str, seq: int, rollups=None) -> dict:
+    """The Kafka point (schemas/point.json) of one flushed partial aggregate; ``rollups``:
+    the series' rollup mapping (tally.rollup.Rollups) sets sid/rsids."""
+    return points.apply_rollups(
+        {"v": points.SCHEMA_VERSION, "tenant": f.series.tenant, "sid": f.series.id, "type": f.type,
+         "ts": f.ts_ms, "count": f.count, "sum": f.sum, "min": f.min, "max": f.max, "last": f.last,
+         "sk": points.sketch_field(f.sketch), "pid": pid, "seq": seq}, rollups)
 
 
-def encode_flushed(items: list[tuple[Flushed, int]], pid: str) -> Batch:
-    """The batch of (aggregate, seq) pairs: encoded points in order and their series."""
+def encode_flushed(items: list[tuple[Flushed, int]], pid: str, rules: RollupSet | None = None) -> Batch:
+    """The batch of (aggregate, seq) pairs: encoded points in order and their series (with
+    the rollup series of ``rules``, tally.rollup)."""
     batch = Batch()
     for f, seq in items:
-        batch.points.append((f.series.id, points.encode(point_record(f, pid, seq))))
-        batch.series.setdefault(f.series.id, (f.series.key, f.type))
+        mapped = rules.rollups(f.series) if rules else None
+        batch.points.append((f.series.id, points.encode(point_record(f, pid, seq, mapped))))
+        for named in (mapped.to_register(f.series) if mapped is not None else (f.series,)):
+            batch.series.setdefault(named.id, (named.key, f.type))
     return batch
 
 
@@ -113,6 +119,7 @@ class Worker:
         self.stats_queue = stats_queue
         self.stop_event = stop_event
         self.pid = f"agent-{socket.gethostname()}-w{index}-{uuid.uuid4().hex[:10]}"
+        self.rollups = load_rules(cfg.rollup_rules_path)  # rollup rules (tally.rollup)
         self.seq = 0
         limits = Limits.from_config(cfg)
         self.agg = Aggregator(cfg.agent_tenant, limits=limits)
@@ -260,7 +267,7 @@ class Worker:
         if isinstance(self.sender, SenderProcess):
             self.sender.submit_flushed(items, tick)
         else:
-            self.sender.submit(encode_flushed(items, self.pid), tick)
+            self.sender.submit(encode_flushed(items, self.pid, self.rollups), tick)
         self._report()
 
     def _report(self) -> None:
@@ -310,6 +317,7 @@ def _run_sender(cfg: TallyConfig, index: int, producer_id: str, q, stats_queue, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stops when its worker says so (after the last flush)
     stats: dict = {"worker": index, "role": "sender"}
+    rollups = load_rules(cfg.rollup_rules_path)  # rollup rules (tally.rollup), applied when encoding
     sender = Sender(Spool(spool_dir(cfg, index), cfg.agent_spool_max_mb * 1024 * 1024),
                     lambda: AgentProducer(cfg, producer_id), stats, retry_seconds=cfg.agent_kafka_retry_seconds)
     sender.start()
@@ -325,7 +333,7 @@ def _run_sender(cfg: TallyConfig, index: int, producer_id: str, q, stats_queue, 
             break
         if item:
             items, tick_ms = item
-            sender.submit(encode_flushed(items, producer_id), tick_ms)
+            sender.submit(encode_flushed(items, producer_id, rollups), tick_ms)
         if stats_queue is not None and time.monotonic() - last_report >= 1.0:
             last_report = time.monotonic()
             stats_queue.put_nowait(dict(stats))

@@ -103,3 +103,29 @@ def test_load_rules_from_yaml_file(tmp_path):
         load_rules(path)
     with pytest.raises(RollupRuleError, match="cannot read"):
         load_rules(tmp_path / "missing.yaml")
+
+
+def test_agent_batches_carry_rollup_ids_and_name_rollup_series():
+    """The StatsD agent and the client's Kafka mode encode points in tally.agent.worker:
+    the same mapping as PointProducer (rsids, drop_raw, registrations)."""
+    from tally.agent.aggregator import Flushed
+    from tally.agent.worker import encode_flushed
+
+    rules = parse_rules(RULES)
+    cpu = series_id("acme", "cpu_usage", {"host": "h1", "region": "eu"})
+    lat = series_id("acme", "request_latency", {"host": "h1", "route": "/a"})
+    other = series_id("acme", "mem", {"host": "h1"})
+    items = [(Flushed(cpu, "g", 1_000, 1.0, 5.0, 5.0, 5.0, 5.0), 1),
+             (Flushed(other, "g", 1_000, 1.0, 2.0, 2.0, 2.0, 2.0), 2),
+             (Flushed(lat, "c", 1_000, 1.0, 3.0, 3.0, 3.0, 3.0), 3)]
+    batch = encode_flushed(items, "agent-1", rules)
+    records = [(key, point.decode(rec)) for key, rec in batch.points]
+    assert [key for key, _ in records] == [cpu.id, other.id, lat.id]  # Kafka key: the raw series
+    assert records[0][1]["rsids"] == list(rules.rollups(cpu).rsids) and records[0][1]["sid"] == cpu.id
+    assert "rsids" not in records[1][1]
+    lat_rollup = rules.rollups(lat).series[0][1]
+    assert records[2][1]["sid"] == lat_rollup.id and "rsids" not in records[2][1]
+    expected = {s.id for _, s in rules.rollups(cpu).series} | {cpu.id, other.id, lat_rollup.id}
+    assert set(batch.series) == expected  # the dropped raw latency series is not named
+    assert batch.series[lat_rollup.id] == (lat_rollup.key, "c")
+    assert set(encode_flushed(items, "agent-1").series) == {cpu.id, other.id, lat.id}
