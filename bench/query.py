@@ -316,8 +316,10 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per query and mode")
     parser.add_argument("--skip-vm", action="store_true")
     parser.add_argument("--load-only", action="store_true", help="load the keyspace, keep it, exit (profiling)")
+    parser.add_argument("--keyspace", default="tally_bench_query",
+                        help="Cassandra keyspace and Redis prefix (dropped at the end): two runs side by side")
     args = parser.parse_args(argv)
-    cfg = dataclasses.replace(TallyConfig.from_env(), keyspace="tally_bench_query")
+    cfg = dataclasses.replace(TallyConfig.from_env(), keyspace=args.keyspace)
 
     print("workload:")
     print(f"  cpu_usage (gauge): {args.series} series (host, region; 4 regions): 6 h of 1 m buckets "
