@@ -3,20 +3,48 @@
 Key layout from ``schemas/redis.json``: one sorted set per (tier, tenant, series) scored by
 bucket start, trimmed to the tier's recent window and expiring with it.  A bucket is
 replaced, never duplicated, when it is written again.
+
+Members (version 2, ``member_header`` in the schema): a fixed little-endian header with the
+bucket's values and the sketch length, then the raw sketch bytes.  The query reads a key's
+members with one ``numpy.frombuffer`` (:func:`decode_members`) instead of parsing each one;
+members of version 1 (JSON arrays, written before) are still decoded, so a Redis filled by
+an older job is read correctly until its members age out of the window.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from functools import lru_cache
+
+import numpy as np
 
 from tally.config import TallyConfig
 from tally.schema import redis_layout
 
+__all__ = ["bucket_key", "quality_key", "encode_member", "encode_values", "decode_member", "decode_members",
+           "MEMBER_HEADER", "MEMBER_VERSION", "MemberDecodeError", "RedisBucketCache", "RedisBucketWriter",
+           "bucket_windows_ms", "delete_keyspace_keys"]
+
+
+@lru_cache(maxsize=1)
+def _bucket_layout() -> dict:
+    return redis_layout()["keys"]["bucket"]
+
+
+MEMBER_VERSION: int = _bucket_layout()["member_version"]
+MEMBER_HEADER = np.dtype([(name, kind) for name, kind in _bucket_layout()["member_header"]])
+_FIELDS = ("ts", "count", "sum", "min", "max", "last", "last_ts")
+_V1_FIRST_BYTE = ord("[")
+
+
+class MemberDecodeError(ValueError):
+    """A sorted-set member that is neither a version-2 header (+ sketch) nor a version-1 JSON array."""
+
 
 def bucket_key(keyspace: str, tier: str, tenant: str, sid: int) -> str:
     """The sorted set holding a series' recent buckets of one tier."""
-    return redis_layout()["keys"]["bucket"]["pattern"].format(keyspace=keyspace, tier=tier, tenant=tenant, sid=sid)
+    return _bucket_layout()["pattern"].format(keyspace=keyspace, tier=tier, tenant=tenant, sid=sid)
 
 
 def quality_key(keyspace: str, tenant: str) -> str:
@@ -24,30 +52,86 @@ def quality_key(keyspace: str, tenant: str) -> str:
     return redis_layout()["keys"]["quality"]["pattern"].format(keyspace=keyspace, tenant=tenant)
 
 
-def encode_member(row) -> str:
-    """The sorted-set member of a bucket: a JSON array (see schemas/redis.json)."""
+def encode_member(row) -> bytes:
+    """The sorted-set member of a bucket (see schemas/redis.json)."""
     return encode_values(row.ts, row.count, row.sum, row.min, row.max, row.last, row.last_ts, row.sketch)
 
 
-def encode_values(ts, count, total, vmin, vmax, last, last_ts, sketch) -> str:
+def encode_values(ts, count, total, vmin, vmax, last, last_ts, sketch) -> bytes:
     """encode_member from the bucket's values."""
-    sk = base64.b64encode(sketch).decode() if sketch else None
-    return json.dumps([ts, count, total, vmin, vmax, last, last_ts, sk], separators=(",", ":"))
+    header = np.zeros(1, dtype=MEMBER_HEADER)
+    header[0] = (MEMBER_VERSION, ts, count, total, vmin, vmax, last, last_ts, len(sketch) if sketch else 0)
+    return header.tobytes() + (bytes(sketch) if sketch else b"")
 
 
-def decode_member(member: str | bytes) -> dict:
-    """Inverse of encode_member, as a dict with the bucket column names."""
+def encode_rows(rows: np.ndarray, sketches) -> list[bytes]:
+    """Members of many buckets at once: ``rows`` a record array with the fields ts, count,
+    sum, min, max, last, last_ts (e.g. tally.bucketpack.RECORD), ``sketches`` bytes/None each."""
+    header = np.zeros(len(rows), dtype=MEMBER_HEADER)
+    header["version"] = MEMBER_VERSION
+    for f in _FIELDS:
+        header[f] = rows[f]
+    header["sketch_length"] = [len(s) if s else 0 for s in sketches]
+    blob = header.tobytes()
+    size = MEMBER_HEADER.itemsize
+    return [blob[i * size:(i + 1) * size] + (bytes(s) if s else b"") for i, s in enumerate(sketches)]
+
+
+def _decode_v1(member: bytes) -> tuple:
     ts, count, total, vmin, vmax, last, last_ts, sketch = json.loads(member)
-    return {"ts": ts, "count": count, "sum": total, "min": vmin, "max": vmax, "last": last,
-            "last_ts": last_ts, "sketch": base64.b64decode(sketch) if sketch else None}
+    return (MEMBER_VERSION, ts, count, total, vmin, vmax, last, last_ts), base64.b64decode(sketch) if sketch else None
+
+
+def decode_members(members: list[bytes]) -> tuple[np.ndarray, list | None]:
+    """A key's members (as ZRANGE returns them) as a MEMBER_HEADER record array and the
+    sketches (a list of bytes/None, or None when no member has a sketch).
+
+    Fast path: every member a sketch-less version-2 header, checked on the joined bytes
+    (member i starts at i * header size exactly when every earlier one is sketch-less and
+    version 2; a version-1 member starts with '[').  Anything else is decoded member by
+    member.  Raises MemberDecodeError for a member of neither version."""
+    size = MEMBER_HEADER.itemsize
+    blob = b"".join(members)
+    n = len(members)
+    if len(blob) == n * size:
+        rec = np.frombuffer(blob, dtype=MEMBER_HEADER)
+        if (rec["version"] == MEMBER_VERSION).all() and not rec["sketch_length"].any():
+            return rec, None
+    rec = np.zeros(n, dtype=MEMBER_HEADER)
+    sketches: list = [None] * n
+    for i, m in enumerate(members):
+        m = bytes(m)
+        if m[:1] == bytes([MEMBER_VERSION]) and len(m) >= size:
+            head = np.frombuffer(m, dtype=MEMBER_HEADER, count=1)[0]
+            if len(m) != size + int(head["sketch_length"]):
+                raise MemberDecodeError(f"member of {len(m)} bytes, header says sketch of {head['sketch_length']}")
+            rec[i] = head
+            sketches[i] = m[size:] or None
+        elif m[:1] == bytes([_V1_FIRST_BYTE]):
+            try:
+                values, sketches[i] = _decode_v1(m)
+            except (ValueError, TypeError) as exc:
+                raise MemberDecodeError(f"bad version-1 member: {exc}") from None
+            rec[i] = (*values, len(sketches[i]) if sketches[i] else 0)
+        else:
+            raise MemberDecodeError(f"unknown member version {m[:1]!r}")
+    return rec, sketches if any(s is not None for s in sketches) else None
+
+
+def decode_member(member: bytes) -> dict:
+    """Inverse of encode_member (either version), as a dict with the bucket column names."""
+    rec, sketches = decode_members([member])
+    out = {f: rec[0][f].item() for f in _FIELDS}
+    out["sketch"] = sketches[0] if sketches else None
+    return out
 
 
 def bucket_windows_ms() -> dict[str, int]:
     """Each tier's recent window in Redis (schemas/redis.json), in milliseconds."""
-    return {tier: seconds * 1000 for tier, seconds in redis_layout()["keys"]["bucket"]["window_seconds"].items()}
+    return {tier: seconds * 1000 for tier, seconds in _bucket_layout()["window_seconds"].items()}
 
 
-def _script_args(ts: int, member: str, window_ms: int) -> list:
+def _script_args(ts: int, member: bytes, window_ms: int) -> list:
     """ARGV of _WRITE_BUCKET: bucket start, member, oldest score kept, expiry."""
     return [ts, member, ts - window_ms, window_ms]
 
@@ -108,15 +192,16 @@ class RedisBucketWriter:
         Cassandra); returns how many were written.  Raises redis errors to the caller."""
         window_ms = self._window_ms[tier]
         oldest = now_ms - window_ms
+        recent = np.flatnonzero(batch.rows["ts"] >= oldest)
+        if not len(recent):
+            return 0
+        rows = batch.rows[recent]
+        members = encode_rows(rows, [batch.sketches[i] for i in recent.tolist()])
         pipe = self._client.pipeline(transaction=False)
-        n = 0
-        for sid, ts, count, total, vmin, vmax, last, last_ts, sketch in batch.tuples():
-            if ts < oldest:
-                continue
-            member = encode_values(ts, count, total, vmin, vmax, last, last_ts, sketch)
+        for sid, ts, member in zip(rows["sid"].tolist(), rows["ts"].tolist(), members):
             self._write_bucket(keys=[bucket_key(self._keyspace, tier, tenant, sid)],
                                args=_script_args(ts, member, window_ms), client=pipe)
-            n += 1
+        n = len(members)
         if n:
             pipe.execute()
         return n

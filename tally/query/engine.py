@@ -38,7 +38,7 @@ from tally.promql.views import split_derived, view_for, columns_for
 from tally.query.cache import Extent, ResultCache, merge_parts
 from tally.query.resolution import choose_tier
 from tally.query.rollups import is_rollup_selector, plan as plan_rollups, rollup_metric_names
-from tally.query.storage import SeriesMeta, Storage
+from tally.query.storage import Buckets, SeriesMeta, Storage
 from tally.rollup import ROLLUP_LABEL, RollupSet, load_rules
 from tally.tiers import DEFAULT_TIERS, Tier
 
@@ -379,6 +379,9 @@ class QueryEngine:
             uses = usages.get(sel, {"instant"})
             # An instant query reading a selector only as a sample needs its newest bucket.
             latest_only = len(times) == 1 and uses == {"instant"}
+            # A range query reading it only as samples needs buckets before the first step
+            # only for the series without one at that step (see _read_samples).
+            first = int(times[0]) - sel.offset_ms if len(times) > 1 and uses == {"instant"} else None
             by_view: dict = {}
             for meta, name, suffix in resolved:
                 view = view_for(meta.mtype, suffix)
@@ -386,8 +389,8 @@ class QueryEngine:
             series: list[SeriesData] = []
             for view, members in by_view.items():
                 cols = columns_for(view, uses)
-                got, warns = await self.storage.buckets(tenant, tier, [m for m, _ in members], start, end,
-                                                        cols, latest_only)
+                got, warns = await _read_samples(self.storage, tenant, tier, [m for m, _ in members], start, end,
+                                                 cols, latest_only, first)
                 for w in warns:
                     if w not in warnings:
                         warnings.append(w)
@@ -447,6 +450,33 @@ class QueryEngine:
                     if not suffix:
                         stored_names.add(shown)
         return out
+
+
+async def _read_samples(storage, tenant, tier, metas, start, end, cols, latest_only, first=None,
+                        max_latest_reads: int = 64):
+    """storage.buckets, reading less when ``first`` (the first step of a range query whose
+    selector is used only as samples) is given: the buckets of [first, end], then, for the
+    series without a bucket at ``first``, what the steps before their first bucket look back
+    to: the newest bucket of [start, first) (or all of it when many series need one).  A
+    step at t ≥ first takes the newest bucket ≤ t, which is in [first, end] unless t is
+    before the series' first bucket there, so nothing the evaluator reads is left out."""
+    if first is None or first <= start:
+        return await storage.buckets(tenant, tier, metas, start, end, cols, latest_only)
+    got, warnings = await storage.buckets(tenant, tier, metas, first, end, cols)
+    need = [m for m in metas if m.sid not in got or not len(got[m.sid].ts) or int(got[m.sid].ts[0]) > first]
+    if not need:
+        return got, warnings
+    before, more = await storage.buckets(tenant, tier, need, start, first - 1, cols,
+                                         len(need) <= max_latest_reads)
+    warnings += [w for w in more if w not in warnings]
+    for sid, b in before.items():
+        a = got.get(sid)
+        if a is None or not len(a.ts):
+            got[sid] = b
+        else:
+            got[sid] = Buckets(np.concatenate([b.ts, a.ts]),
+                               {c: np.concatenate([b.cols[c], a.cols[c]]) for c in a.cols})
+    return got, warnings
 
 
 def _sorted(labels: list, data: np.ndarray):
