@@ -153,6 +153,23 @@ class RepairedReader:
             self._cluster = self._session = None
 
 
+async def _job_figures(cfg: TallyConfig, now_s: float, warnings: list) -> tuple:
+    """(Kafka consumer lag in records, event-time lag in seconds) of the aggregation job
+    (tally.api.quality); None with a warning when Kafka or Flink cannot be asked."""
+    from tally.api.quality import consumer_lag, job_watermark_ms
+
+    out = []
+    for name, probe in (("Kafka consumer lag", lambda: consumer_lag(cfg)["total"]),
+                        ("job watermark", lambda: job_watermark_ms(cfg))):
+        try:
+            out.append(await asyncio.to_thread(probe))
+        except Exception as exc:  # one component down: the rest of the panel still shows
+            out.append(None)
+            warnings.append(f"{name} unknown: {exc!r}"[:300])
+    lag, watermark = out
+    return lag, None if watermark is None else max(0.0, now_s - watermark / 1000.0)
+
+
 def dashboard_routes(cfg: TallyConfig, engine, tenant_of: Callable[[web.Request], str] | None = None,
                      redis_client=None) -> tuple[list, Callable]:
     """The dashboard's routes over the query engine (``tally.query.engine.QueryEngine``) and
@@ -243,7 +260,9 @@ def dashboard_routes(cfg: TallyConfig, engine, tenant_of: Callable[[web.Request]
             repaired_known = False
             warnings.append(f"repaired buckets unknown: {exc!r}")
         status = bucket_status(p["start"], p["end"], tier.resolution_seconds, cfg.grace_seconds, p["now"], repaired)
+        consumer, event_lag = await _job_figures(cfg, p["now"], warnings)
         return {"counters": counters, "ingestion_lag_seconds": lag, "points_per_second": pps,
+                "kafka_consumer_lag_records": consumer, "event_time_lag_seconds": event_lag,
                 "series": len(metas), "tier": tier.name, "grace_seconds": cfg.grace_seconds,
                 "buckets": status, "provisional_from": status["provisional_from"],
                 "repaired_known": repaired_known, "warnings": warnings}
