@@ -1,0 +1,44 @@
+"""`tally job resume`: which checkpoint it picks, and the endpoints a job is submitted with."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tally import jobctl
+from tally.config import Ports, TallyConfig
+
+
+def _checkpoint(cfg, job_id, n, complete=True):
+    d = jobctl.checkpoint_dir(cfg) / job_id / f"chk-{n}"
+    d.mkdir(parents=True)
+    if complete:
+        (d / "_metadata").write_bytes(b"x")
+    return d
+
+
+def test_latest_completed_checkpoint_of_the_newest_run_that_has_one(tmp_path):
+    cfg = TallyConfig(home=tmp_path)
+    _checkpoint(cfg, "old", 40)
+    assert jobctl.latest_checkpoint(cfg, ["old", "new"]) == jobctl.checkpoint_dir(cfg) / "old" / "chk-40"
+    _checkpoint(cfg, "new", 9)
+    _checkpoint(cfg, "new", 10)
+    _checkpoint(cfg, "new", 11, complete=False)  # in progress when the JobManager died
+    assert jobctl.latest_checkpoint(cfg, ["old", "new"]) == jobctl.checkpoint_dir(cfg) / "new" / "chk-10"
+    assert jobctl.latest_checkpoint(cfg, []) is None
+
+
+def test_runs_are_recorded_per_job_name(tmp_path):
+    cfg = TallyConfig(home=tmp_path)
+    jobctl._record_run(cfg, "tally-aggregate a -> b", "j1")
+    jobctl._record_run(cfg, "tally-aggregate a -> b", "j2")
+    jobctl._record_run(cfg, "other", "j3")
+    assert jobctl._read_runs(cfg) == {"tally-aggregate a -> b": ["j1", "j2"], "other": ["j3"]}
+
+
+def test_a_job_is_submitted_with_the_endpoints_of_the_config():
+    cfg = dataclasses.replace(TallyConfig(), ports=dataclasses.replace(Ports(), kafka=19092, redis=16379))
+    env = jobctl.endpoint_env(cfg)
+    assert env["TALLY_KAFKA_PORT"] == "19092" and env["TALLY_REDIS_PORT"] == "16379"
+    assert env["TALLY_HOST"] == cfg.host and "TALLY_KAFKA_BOOTSTRAP" not in env
+    job = jobctl._with_endpoints(TallyConfig(grace_seconds=7), cfg)
+    assert job.ports == cfg.ports and job.grace_seconds == 7
