@@ -97,6 +97,14 @@ def decode_members(members: list[bytes]) -> tuple[np.ndarray, list | None]:
         rec = np.frombuffer(blob, dtype=MEMBER_HEADER)
         if (rec["version"] == MEMBER_VERSION).all() and not rec["sketch_length"].any():
             return rec, None
+    # Version-2 members with sketches: the headers joined and read at once, lengths checked.
+    heads = b"".join([m[:size] for m in members])
+    if len(heads) == n * size:
+        rec = np.frombuffer(heads, dtype=MEMBER_HEADER)
+        lengths = np.fromiter(map(len, members), dtype=np.int64, count=n)
+        if (rec["version"] == MEMBER_VERSION).all() and (lengths == size + rec["sketch_length"]).all():
+            sketches = [bytes(m[size:]) or None for m in members]
+            return rec, sketches if any(s is not None for s in sketches) else None
     rec = np.zeros(n, dtype=MEMBER_HEADER)
     sketches: list = [None] * n
     for i, m in enumerate(members):

@@ -399,8 +399,8 @@ class RawRangeReader:
             if not data:
                 raise ConnectionError("redis closed the connection")
             buf += data
-        data = bytes(buf)
-        return [np.frombuffer(data, dtype=_WIRE, count=v[1], offset=v[0])["member"] if isinstance(v, tuple) else v
+        # buf no longer grows: the record arrays are views on it (no copy of the replies).
+        return [np.frombuffer(buf, dtype=_WIRE, count=v[1], offset=v[0])["member"] if isinstance(v, tuple) else v
                 for v in parsed]
 
 
@@ -502,9 +502,10 @@ def _decode_replies(metas, replies, columns) -> dict:
     present = [i for i, r in enumerate(recs) if r is not None]
     if not present:
         return {}
-    rec = np.concatenate([recs[i] for i in present])  # one copy; then contiguous columns
-    ts = rec["ts"].astype(np.int64)
-    cols = {c: rec[c].astype(float) for c in numeric}
+    # One copy per column into contiguous arrays (per-field views: concatenating the
+    # structured arrays themselves costs a dtype promotion per key).
+    ts = np.concatenate([recs[i]["ts"] for i in present]).astype(np.int64, copy=False)
+    cols = {c: np.concatenate([recs[i][c] for i in present]).astype(float, copy=False) for c in numeric}
     out = {}
     a = 0
     for i in present:
