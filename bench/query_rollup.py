@@ -14,6 +14,9 @@ Called by bench/query.py after its own queries, on its data and its VictoriaMetr
    VictoriaMetrics; the response must name the rule (``data.rollups``) and the values must
    equal the raw answer (every bench series has one sample per bucket: the planner's
    condition for gauge averages, see tally/query/rollups.py).
+
+Alone (only that comparison, about 3 minutes): ``.venv/bin/python bench/query_rollup.py``
+(own keyspace ``tally_bench_rollup``, removed at the end).
 """
 
 from __future__ import annotations
@@ -23,14 +26,18 @@ import http.client
 import os
 import tempfile
 import time
+
+import sys
 from pathlib import Path
 
 import orjson
 
-from sinks.cassandra import BucketRow, BucketWriter
-from tally.aggregate import Aggregate
-from tally.rollup import ROLLUP_LABEL, parse_rules, rollup_buckets
-from tally.series import series_id
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repo's packages
+
+from sinks.cassandra import BucketRow, BucketWriter  # noqa: E402
+from tally.aggregate import Aggregate  # noqa: E402
+from tally.rollup import ROLLUP_LABEL, parse_rules, rollup_buckets  # noqa: E402
+from tally.series import series_id  # noqa: E402
 
 RULE = {"name": "cpu_by_region", "match": "cpu_usage", "by": ["region"]}
 RULE_YAML = "rollups:\n  - name: cpu_by_region\n    match: cpu_usage\n    by: [region]\n"
@@ -91,6 +98,11 @@ def run(cfg, data, args, bench, api_port: int, vm_port: int | None) -> None:
                   "end": data.end_1m / 1000, "step": 60}
         plain = http.client.HTTPConnection("127.0.0.1", api_port, timeout=120)
         rolled = http.client.HTTPConnection("127.0.0.1", rollup_port, timeout=120)
+        # One untimed query per API first (another region): a fresh API connects to Cassandra
+        # on its first query, and VictoriaMetrics' first run is dropped as well.
+        warmup = {**params, "query": 'avg(cpu_usage{region="eu-west"})', "nocache": 1}
+        for conn in (plain, rolled):
+            bench.timed_get(conn, "/api/v1/query_range", warmup)
         raw_times, raw_body, raw_err = bench.timed_runs(plain, "/api/v1/query_range", {**params, "nocache": 1},
                                                         args.runs)
         cold, body, err = bench.timed_runs(rolled, "/api/v1/query_range", {**params, "nocache": 1}, args.runs)
@@ -129,3 +141,62 @@ def run(cfg, data, args, bench, api_port: int, vm_port: int | None) -> None:
         for p in workdir.iterdir():
             p.unlink()
         workdir.rmdir()
+
+
+def main(argv=None) -> int:
+    """Only Q5 with and without the rule and on VictoriaMetrics (the cpu_usage 1 m buckets of
+    bench/query.py's workload; own keyspace): ``.venv/bin/python bench/query_rollup.py``."""
+    import argparse
+    import dataclasses
+    import shutil
+
+    import query as bench  # bench/query.py, the same folder
+
+    from sinks.cassandra import drop_keyspace
+    from sinks.redis_cache import delete_keyspace_keys
+    from tally.config import TallyConfig
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--keyspace", default="tally_bench_rollup")
+    parser.add_argument("--skip-vm", action="store_true")
+    args = parser.parse_args(argv)
+    args.dist_hosts, args.dist_rate = 1, 1  # the distribution part of the workload is not used here
+    cfg = dataclasses.replace(TallyConfig.from_env(), keyspace=args.keyspace)
+    print(f"workload: cpu_usage (gauge), {args.series} series (host, region; 4 regions), 6 h of 1 m buckets")
+    data = bench.make_data(args)
+    rows = {"1m": [r for r in bench.bucket_rows(data)["1m"]]}
+    drop_keyspace(cfg)
+    delete_keyspace_keys(cfg)
+    workdir = Path(tempfile.mkdtemp(prefix="tally-bench-rollup-main-"))
+    procs = []
+    try:
+        bench.load_tally(cfg, data, rows)
+        vm_port = None
+        if not args.skip_vm:
+            vm_proc, vm_port = bench.start_vm(workdir)
+            if vm_proc:
+                procs.append(vm_proc)
+                bench.load_vm(vm_port, data)
+        api_proc, api_port = bench.start_api(cfg)
+        procs.append(api_proc)
+        print(f"(load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; 2 cores shared)")
+        run(cfg, data, args, bench, api_port, vm_port)
+        print(f"(load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+        return 0
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except Exception:  # noqa: BLE001
+                proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+        drop_keyspace(cfg)
+        delete_keyspace_keys(cfg)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
