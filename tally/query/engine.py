@@ -313,7 +313,8 @@ class QueryEngine:
         stats = {"tier": tier.name, "series_fetched": 0, "buckets_fetched": 0, "cache": "off"}
         uses = []
         if self.rollups:
-            node, uses = await self._plan_rollups(tenant, node, int(times[0]) - base_reach - max_offset)
+            node, uses = await self._plan_rollups(tenant, node, int(times[0]) - base_reach - max_offset,
+                                                  step_ms == 0)
         warnings: list[str] = []
         # A step is closed when the newest bucket it reads ended grace + settle ago.
         closed_limit = now_ms - self.grace_ms - int(self.limits.cache_settle_s * 1000)
@@ -352,7 +353,7 @@ class QueryEngine:
         return QueryResult(result_type, out_times, labels, data, tier.name, warnings, stats, bool(closed.all()),
                            [u.as_dict() for u in uses])
 
-    async def _plan_rollups(self, tenant: str, node, earliest_ms: int):
+    async def _plan_rollups(self, tenant: str, node, earliest_ms: int, instant: bool):
         """Rewrite the aggregations a rollup rule answers (tally.query.rollups), given the
         metric types and the rules whose rollup series exist in the tenant's index."""
         names = rollup_metric_names(node, self.rollups)
@@ -364,7 +365,7 @@ class QueryEngine:
             rolled = {dict(m.tags).get(ROLLUP_LABEL) for m in metas} - {None}
             mtypes[name] = next((m.mtype for m in metas if m.mtype), None)
             available |= rolled
-        return plan_rollups(node, self.rollups, mtypes, available, earliest_ms)
+        return plan_rollups(node, self.rollups, mtypes, available, earliest_ms, instant)
 
     async def _evaluate(self, tenant, node, times, step_ms, tier, stats, warnings, deadline):
         lookback_ms = max(self.limits.lookback_s * 1000, tier.resolution_ms)

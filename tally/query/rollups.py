@@ -23,12 +23,13 @@ query (``by (G)``, G ⊆ the rule's ``by``)    read from the rollup series      
 
 [1] A gauge's sample is the ``last`` value of each series' newest bucket.  The rollup
 bucket has one sum/count/min/max over all samples of the group's series in that bucket, so
-these equal the raw answer when every series of the group reports one sample per bucket of
-the tier read (a host reporting every minute, read at 1 m; Prometheus remote_write at a
-scrape interval ≥ the bucket width) and has a bucket at that step.  With several samples per
-bucket ``avg`` becomes the sample-weighted mean of the bucket (equal to the mean over series
-when the series report at equal rates), ``sum``/``min``/``max`` cover every sample instead
-of the last one.  The response says which rule answered (``data.rollups``) with that note.
+these equal the raw answer when every series of the group has exactly one sample in every
+bucket of the tier read (a host reporting once a minute, read at 1 m; Prometheus scraped once
+per bucket width).  With several samples per bucket ``avg`` becomes the sample-weighted mean
+of the bucket (the mean over series when they report at equal rates) and ``sum``/``min``/
+``max`` cover every sample instead of the last one.  Instant queries never get this rewrite:
+they read the newest bucket of the finest tier, which often holds only some of the series.
+The response says which rule answered (``data.rollups``) with that note.
 
 Everything else (``without``, ``avg`` of distributions, ``count`` by, rates of gauges,
 selectors with matchers on labels the rule aggregates away, ranges older than the rule's
@@ -101,8 +102,9 @@ def _rewrite_selector(rule: RollupRule, sel: A.VectorSelector, suffix: str = "")
 
 class _Planner:
     def __init__(self, rules: RollupSet, mtypes: Mapping[str, str | None], available: Collection[str],
-                 earliest_ms: int):
+                 earliest_ms: int, instant: bool):
         self.rules, self.mtypes, self.available, self.earliest_ms = rules, mtypes, available, earliest_ms
+        self.instant = instant
         self.uses: list[RollupUse] = []
 
     def rule_for(self, sel: A.VectorSelector, grouping: tuple[str, ...]) -> RollupRule | None:
@@ -150,7 +152,7 @@ class _Planner:
             new_matrix = replace(matrix, selector=_rewrite_selector(rule, matrix.selector))
             return replace(node, expr=replace(expr, args=(new_matrix,)))
         if isinstance(expr, A.VectorSelector) and (self.mtypes.get(expr.name) or "g") == "g" \
-                and node.op in ("avg", "sum", "min", "max"):
+                and node.op in ("avg", "sum", "min", "max") and not self.instant:
             rule = self.rule_for(expr, grouping)
             if rule is None:
                 return None
@@ -179,14 +181,16 @@ class _Planner:
 
 
 def plan(node, rules: RollupSet, mtypes: Mapping[str, str | None], available: Collection[str],
-         earliest_ms: int) -> tuple[object, list[RollupUse]]:
+         earliest_ms: int, instant: bool = False) -> tuple[object, list[RollupUse]]:
     """Rewrite the aggregations of ``node`` that a rollup rule answers with the same result.
 
     ``mtypes``: metric name → stored metric type (None = gauge); ``available``: names of the
     rules whose rollup series exist for the tenant; ``earliest_ms``: the oldest time the
-    query reads (rules with a later ``since`` are not used).  Returns the (possibly
+    query reads (rules with a later ``since`` are not used); ``instant``: an instant query
+    (its gauges read the newest bucket of the finest tier, where series that report less
+    often than every bucket are missing: no gauge rewrite [1]).  Returns the (possibly
     unchanged) expression and the rewrites made."""
     if not rules:
         return node, []
-    planner = _Planner(rules, mtypes, available, earliest_ms)
+    planner = _Planner(rules, mtypes, available, earliest_ms, instant)
     return planner.visit(node), planner.uses

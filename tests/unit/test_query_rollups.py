@@ -167,3 +167,21 @@ def test_planner_picks_the_smallest_covering_rule_and_respects_since_and_availab
     assert plan(node, later, mtypes, everything, since_ms - 1) == (node, [])
     rewritten, uses = plan(node, later, mtypes, everything, since_ms)
     assert uses and rewritten != node
+
+
+def test_instant_queries_rewrite_only_exact_aggregations(engines):
+    """An instant query reads the newest bucket of the finest tier, often holding some of the
+    series only: gauge aggregations read the raw series there; exact rewrites still apply."""
+    with_rules, without = engines
+    t = (T0 + 30 * MIN) / 1000
+    got = asyncio.run(with_rules.instant(TENANT, 'avg(cpu_usage{region="r1"})', t, tier="1m"))
+    assert got.rollups == []
+    want = asyncio.run(without.instant(TENANT, 'avg(cpu_usage{region="r1"})', t, tier="1m"))
+    assert got.series()[0].points == want.series()[0].points
+    expr = "sum by (region) (increase(requests[10m]))"
+    got = asyncio.run(with_rules.instant(TENANT, expr, t, tier="1m"))
+    want = asyncio.run(without.instant(TENANT, expr, t, tier="1m"))
+    assert [u["rule"] for u in got.rollups] == ["req_by_region"]
+    assert as_dict(got).keys() == as_dict(want).keys()
+    for key, values in as_dict(got).items():
+        np.testing.assert_allclose(values, as_dict(want)[key], rtol=1e-12)
