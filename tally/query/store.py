@@ -371,14 +371,27 @@ class RawRangeReader:
         """Replies in order: a MEMBER_HEADER record array (fast path) or a list of member
         bytes per command.  Raises ConnectionError/TimeoutError/OSError like redis-py, and
         RedisReplyError for an error reply."""
-        conn = self._idle.pop() if self._idle else await self._open()
-        reader, writer = conn
-        try:
-            writer.write(b"".join(_pack(c) for c in commands))
-            replies = await asyncio.wait_for(self._read(reader, len(commands)), self.timeout_s)
-        except BaseException:
-            writer.close()
-            raise
+        payload = b"".join(_pack(c) for c in commands)
+        while True:
+            pooled = bool(self._idle)
+            conn = self._idle.pop() if pooled else await self._open()
+            reader, writer = conn
+            try:
+                writer.write(payload)
+                replies = await asyncio.wait_for(self._read(reader, len(commands)), self.timeout_s)
+                break
+            except TimeoutError:
+                writer.close()
+                raise
+            except (ConnectionError, OSError):
+                writer.close()
+                if not pooled:
+                    raise
+                # An idle connection Redis closed (restart, timeout): the reads are
+                # idempotent, so try again on a new one.
+            except BaseException:
+                writer.close()
+                raise
         self._idle.append(conn)
         for reply in replies:
             if isinstance(reply, Exception):
