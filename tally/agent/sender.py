@@ -63,9 +63,14 @@ class Sender(threading.Thread):
     """Delivers batches in order; spools and replays while Kafka is away."""
 
     def __init__(self, spool: Spool, make_producer: Callable[[], AgentProducer], stats: dict,
-                 retry_seconds: float = 5.0, ack_timeout_seconds: float = 10.0):
+                 retry_seconds: float = 5.0, ack_timeout_seconds: float = 10.0,
+                 hold_ticks: Callable[[], bool] | None = None):
         super().__init__(name="tally-agent-sender", daemon=True)
         self.spool = spool
+        # True while another producer of this agent still replays spooled points: the job's
+        # event time is per Kafka partition, not per producer, so a tick now would make
+        # those points late beyond grace.
+        self.hold_ticks = hold_ticks
         self.make_producer = make_producer
         self.stats = stats
         self.retry_seconds = retry_seconds
@@ -129,6 +134,8 @@ class Sender(threading.Thread):
     def _send_tick(self) -> None:
         """Send the newest tick asked for, unless spooled points would make it a lie."""
         if self._tick_due is None or len(self.spool) or self._producer is None:
+            return
+        if self.hold_ticks is not None and self.hold_ticks():
             return
         try:
             self._producer.tick(self._tick_due)

@@ -311,6 +311,14 @@ class SenderProcess:
             self.proc.terminate()
 
 
+def siblings_spooling(cfg: TallyConfig, index: int) -> bool:
+    """True while another worker of this agent holds spooled batches (on disk, so batches
+    left by a previous run count too): until they are replayed, no worker may send a tick
+    (fault suite: after a kill -9, worker 0's first tick made worker 1's replay late)."""
+    return any(next(spool_dir(cfg, i).glob("*.batch"), None) is not None
+               for i in range(cfg.agent_workers) if i != index)
+
+
 def _run_sender(cfg: TallyConfig, index: int, producer_id: str, q, stats_queue, parent_pid: int) -> None:
     import queue as queue_mod
 
@@ -319,7 +327,8 @@ def _run_sender(cfg: TallyConfig, index: int, producer_id: str, q, stats_queue, 
     stats: dict = {"worker": index, "role": "sender"}
     rollups = load_rules(cfg.rollup_rules_path)  # rollup rules (tally.rollup), applied when encoding
     sender = Sender(Spool(spool_dir(cfg, index), cfg.agent_spool_max_mb * 1024 * 1024),
-                    lambda: AgentProducer(cfg, producer_id), stats, retry_seconds=cfg.agent_kafka_retry_seconds)
+                    lambda: AgentProducer(cfg, producer_id), stats, retry_seconds=cfg.agent_kafka_retry_seconds,
+                    hold_ticks=lambda: siblings_spooling(cfg, index))
     sender.start()
     last_report = 0.0
     while True:
