@@ -5,8 +5,11 @@ drawn 50 % counters / 30 % timers / 20 % gauges, 20 lines per datagram, sent fro
 sockets (distinct source ports, so SO_REUSEPORT spreads them over the agent's workers) at a
 paced offered rate that steps up (default 50k, 100k, 150k, 200k, 300k, ... lines/s, 10 s per
 step; at each rate the agent's step and the reference's step run back to back, so both see
-the same background load of this shared machine).  Loss per step = 1 - received / sent, where received is the daemon's own count of lines: the agent's
-``tally_agent_received_lines_total`` on /metrics, the reference's ``statsd.metrics_received``
+the same background load of this shared machine).  Loss per step = 1 - received / sent, where
+received is the daemon's own count of lines once it has settled (unchanged for 2.5 s after the
+step, at most 30 s: lines still queued in the socket buffer, or counted and not yet reported,
+are not lost; the kernel's own drop counter of the daemon's sockets is printed next to it): the
+agent's ``tally_agent_received_lines_total`` on /metrics, the reference's ``statsd.metrics_received``
 summed over its flushes by bench/statsd_count_backend.js (read on its management port).
 The highest step with loss <= 0.1 % is each daemon's figure; each step also prints the
 daemon's CPU seconds (process + descendants), lines per CPU second and the generator's CPU.
@@ -155,21 +158,26 @@ class Daemon:
 def measure(d: Daemon, rate: int, step_s: float, datagrams) -> bool:
     """One step at the offered rate; prints it and returns whether loss <= MAX_LOSS."""
     time.sleep(2.5)
-    before = d.read_received()
+    before = settled(d.read_received)[0]
+    drops0 = socket_drops(d.port)
     cpu0 = cpu_seconds(d.pid)
     t0, gen0 = time.perf_counter(), time.process_time()
     sent = send_at(d.port, rate, step_s, datagrams)
     elapsed, gen_cpu = time.perf_counter() - t0, time.process_time() - gen0
-    time.sleep(3.0)  # let the daemon report what it took in (flush intervals are 1 s)
-    received = d.read_received() - before
+    # What the daemon took in: its count once it stops moving (what was still queued in its
+    # socket buffer, or counted but not yet reported - the agent reports once per flush - is
+    # not lost); the kernel's drop counter of its sockets is the cross-check.
+    after, waited = settled(d.read_received)
+    received = after - before
+    dropped = (socket_drops(d.port) - drops0) * LINES_PER_DATAGRAM
     cpu = cpu_seconds(d.pid) - cpu0
     loss = 1 - received / sent if sent else 1.0
     achieved = sent / elapsed
     ok = loss <= MAX_LOSS and achieved >= 0.97 * rate
     print(f"  {d.name:15s} offered {rate:>9,}/s (sent {achieved:>9,.0f}/s): received {received:>10,} of "
-          f"{sent:>10,} lines, loss {loss * 100:6.3f} %, {cpu:5.1f} CPU s = "
-          f"{received / cpu if cpu else 0:>9,.0f} lines per CPU second; generator {gen_cpu / elapsed:4.2f} cores, "
-          f"load {os.getloadavg()[0]:4.1f}"
+          f"{sent:>10,} lines (settled {waited:4.1f} s after), loss {loss * 100:6.3f} % (kernel dropped "
+          f"{dropped:,}), {cpu:5.1f} CPU s = {received / cpu if cpu else 0:>9,.0f} lines per CPU second; "
+          f"generator {gen_cpu / elapsed:4.2f} cores, load {os.getloadavg()[0]:4.1f}"
           f"{'' if ok else '  <- over'}", flush=True)
     if not ok and achieved < 0.97 * rate:
         print("  (the generator could not offer this rate on this machine)")
@@ -210,6 +218,27 @@ def null_receiver(port: int, rcvbuf: int, counter) -> None:
             continue
         n += 1
         counter.value = n
+
+
+def settled(read, quiet_s: float = 2.5, max_wait_s: float = 30.0) -> tuple[int, float]:
+    """A daemon's received count once it has not changed for quiet_s (at most max_wait_s),
+    and how long that took."""
+    t0 = last_change = time.monotonic()
+    last = read()
+    while time.monotonic() - t0 < max_wait_s:
+        time.sleep(0.5)
+        value = read()
+        if value != last:
+            last, last_change = value, time.monotonic()
+        elif time.monotonic() - last_change >= quiet_s:
+            break
+    return last, time.monotonic() - t0
+
+
+def socket_drops(port: int) -> int:
+    """Datagrams the kernel dropped on the UDP sockets bound to port (ss: d)."""
+    out = subprocess.run(["ss", "-uamnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
+    return sum(int(d) for d in re.findall(r"skmem:\(.*?,d(\d+)\)", out))
 
 
 def socket_buffers(port: int) -> str:
