@@ -163,6 +163,7 @@ def test_node_failures_under_load_lose_nothing(cluster):
     ack_latency: list[tuple[float, float]] = []  # (send time, seconds to the broker's ack)
     errors: list[str] = []
     probe_errors: list[str] = []  # the test's own freshness reads (driver, QUORUM), reported
+    dq: list[tuple[float, object, object]] = []  # (t, event-time lag s, Kafka consumer lag records)
     queries: list[tuple[float, float, int, object]] = []  # (t, latency s, status, value)
     freshness: list[tuple[float, float]] = []  # (t, s from the newest stored 1 s bucket's end to now)
     stop = threading.Event()
@@ -182,6 +183,11 @@ def test_node_failures_under_load_lose_nothing(cluster):
                 if status == 200 and body["data"]["result"]:
                     value = float(body["data"]["result"][0]["value"][1])
                 queries.append((t, time.monotonic() - t, status, value))
+                if len(queries) % 5 == 1:  # the data-quality report: where a delay comes from
+                    status, body = _get(url, "/api/v1/tally/dq")
+                    if status == 200:
+                        data = body.get("data") or {}
+                        dq.append((t, data.get("event_time_lag_seconds"), data.get("kafka_consumer_lag_records")))
                 now_ms = int(time.time() * 1000)
                 part = partition_start_ms(now_ms, tier)
                 try:
@@ -299,6 +305,10 @@ def test_node_failures_under_load_lose_nothing(cluster):
     late_probes = [t for t, lag in lag_after if lag > threshold]
     recover_s = (late_probes[-1] + 1.0 - kill_t) if late_probes else 0.0
 
+    def dq_range(index, pick):
+        values = [d[index] for d in dq if d[index] is not None and pick(d[0])]
+        return f"{min(values):.1f}..{max(values):.1f}" if values else "n/a"
+
     def ms(values, q):
         return f"{np.quantile(values, q) * 1000:.0f} ms"
 
@@ -318,7 +328,10 @@ def test_node_failures_under_load_lose_nothing(cluster):
     print(f"  time to recover: freshness of the newest stored 1 s bucket {statistics.median(lag_before):.1f} s "
           f"before the fault (max {max(lag_before):.1f} s), worst {max(lag for _, lag in lag_after):.1f} s after; "
           f"back within {threshold:.1f} s for good {recover_s:.0f} s after the kill; "
-          f"{len(probe_errors)} freshness reads failed {probe_errors[:2]}")
+          f"{len(probe_errors)} freshness reads failed {probe_errors[:2]}; data-quality report before/after the "
+          f"fault: event-time lag {dq_range(1, lambda t: t < kill_t)} / {dq_range(1, lambda t: t >= kill_t)} s, "
+          f"Kafka consumer lag {dq_range(2, lambda t: t < kill_t)} / {dq_range(2, lambda t: t >= kill_t)} records")
+    print(f"  machine: load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())} at the end (2 shared cores)")
     print(f"  query API count({METRIC}) with Cassandra reads (--no-redis): {len(before)} before the fault "
           f"p50 {ms([q[1] for q in before], 0.5)} max {ms([q[1] for q in before], 1)}; {len(after)} during/after "
           f"p50 {ms([q[1] for q in after], 0.5)} p95 {ms([q[1] for q in after], 0.95)} "
