@@ -155,8 +155,9 @@ class Daemon:
         self.done = False
 
 
-def measure(d: Daemon, rate: int, step_s: float, datagrams) -> bool:
-    """One step at the offered rate; prints it and returns whether loss <= MAX_LOSS."""
+def measure(d: Daemon, rate: int, step_s: float, datagrams) -> bool | None:
+    """One step at the offered rate; prints it and returns whether loss <= MAX_LOSS, or None
+    when the generator could not offer the rate (says nothing about the daemon)."""
     time.sleep(2.5)
     before = settled(d.read_received)[0]
     drops0 = socket_drops(d.port)
@@ -173,27 +174,30 @@ def measure(d: Daemon, rate: int, step_s: float, datagrams) -> bool:
     cpu = cpu_seconds(d.pid) - cpu0
     loss = 1 - received / sent if sent else 1.0
     achieved = sent / elapsed
-    ok = loss <= MAX_LOSS and achieved >= 0.97 * rate
+    short = achieved < 0.97 * rate
+    ok = loss <= MAX_LOSS and not short
     print(f"  {d.name:15s} offered {rate:>9,}/s (sent {achieved:>9,.0f}/s): received {received:>10,} of "
           f"{sent:>10,} lines (settled {waited:4.1f} s after), loss {loss * 100:6.3f} % (kernel dropped "
           f"{dropped:,}), {cpu:5.1f} CPU s = {received / cpu if cpu else 0:>9,.0f} lines per CPU second; "
           f"generator {gen_cpu / elapsed:4.2f} cores, load {os.getloadavg()[0]:4.1f}"
-          f"{'' if ok else '  <- over'}", flush=True)
-    if not ok and achieved < 0.97 * rate:
-        print("  (the generator could not offer this rate on this machine)")
-    return ok
+          f"{'' if ok else '  <- generator short' if short else '  <- over'}", flush=True)
+    return None if short else ok
 
 
 def step_up(daemons: list[Daemon], rates: list[int], step_s: float, datagrams) -> None:
     """For each offered rate, one step per daemon back to back (so both see the same
-    background load); a daemon stops after two failed steps in a row."""
+    background load); a daemon stops after two failed steps in a row.  A step the generator
+    could not offer is tried once more, then counts neither way."""
     for rate in rates:
         for d in daemons:
             if d.done:
                 continue
-            if measure(d, rate, step_s, datagrams):
+            ok = measure(d, rate, step_s, datagrams)
+            if ok is None:
+                ok = measure(d, rate, step_s, datagrams)
+            if ok:
                 d.best, d.failures = rate, 0
-            else:
+            elif ok is not None:
                 d.failures += 1
                 d.done = d.failures >= 2
         if all(d.done for d in daemons):
