@@ -11,7 +11,9 @@ Workload (stack up; own keyspace ``tally_bench_query``, removed at the end):
 Buckets go straight into Cassandra (sinks.cassandra.BucketWriter) and, where the tier's Redis
 window holds them, into Redis (sinks.redis_cache key and member format): the bench measures
 queries, not ingestion.  Every query range ends two minutes ago (1 m tier) or ten seconds
-ago (1 s tier), on buckets that are final, as a dashboard showing closed data.
+ago (1 s tier), on buckets that are final, as a dashboard showing closed data.  The 1 s tier
+is loaded last, ending when its queries run (see load_recent), so Q3/Q4 read Redis as a
+live "last 15 minutes" panel does (the tier's Redis window is 16 min, schemas/redis.json).
 
 Queries, each timed over HTTP (full body read) ``--runs`` times:
   Q1 avg by (host) (cpu_usage)                            6 h at 1 m
@@ -89,25 +91,36 @@ def make_data(args) -> Data:
     end_1m = now - now % MIN - 2 * MIN
     end_1s = now - now % SEC - 10 * SEC
     end_1h = now - now % HOUR - HOUR
-    hosts = [(f"host-{i:04d}", REGIONS[i % 4]) for i in range(args.series)]
-    labels = [{"host": h, "region": r} for h, r in hosts]
+    data = Data(now, end_1m, end_1s, end_1h, {}, {})
+    _gauge_tier(data, rng, "1m", end_1m, MIN, 360, args)
+    _dist_tier(data, rng, "1h", end_1h, HOUR, 24, args.dist_rate * 3600, args)
+    recent_tier(data, args, end_1s)
+    return data
+
+
+def _gauge_tier(data: Data, rng, tier: str, end: int, step: int, n: int, args) -> None:
+    labels = [{"host": f"host-{i:04d}", "region": REGIONS[i % 4]} for i in range(args.series)]
     sids = [series_id(TENANT, "cpu_usage", l) for l in labels]
-    gauge = {}
-    for tier, end, step, n in (("1m", end_1m, MIN, 360), ("1s", end_1s, SEC, 900)):
-        ts = end - step * np.arange(n - 1, -1, -1, dtype=np.int64)
-        walk = np.clip(50 + np.cumsum(rng.normal(0, 2, (len(sids), n)), axis=1), 0, 100)
-        gauge[tier] = (sids, labels, ts, np.round(walk, 2))
-    dhosts = [(f"api-{r}-{i}", r) for r in REGIONS for i in range(args.dist_hosts)]
-    dlabels = [{"host": h, "region": r} for h, r in dhosts]
+    ts = end - step * np.arange(n - 1, -1, -1, dtype=np.int64)
+    walk = np.clip(50 + np.cumsum(rng.normal(0, 2, (len(sids), n)), axis=1), 0, 100)
+    data.gauge[tier] = (sids, labels, ts, np.round(walk, 2))
+
+
+def _dist_tier(data: Data, rng, tier: str, end: int, step: int, n: int, per_bucket: int, args) -> None:
+    dlabels = [{"host": f"api-{r}-{i}", "region": r} for r in REGIONS for i in range(args.dist_hosts)]
     dsids = [series_id(TENANT, "request_latency", l) for l in dlabels]
-    dist = {}
-    for tier, end, step, n, per_bucket in (("1h", end_1h, HOUR, 24, args.dist_rate * 3600),
-                                           ("1s", end_1s, SEC, 900, args.dist_rate)):
-        ts = end - step * np.arange(n - 1, -1, -1, dtype=np.int64)
-        mu = {r: m for r, m in zip(REGIONS, (3.0, 3.2, 3.5, 4.0))}
-        values = [[rng.lognormal(mu[l["region"]], 0.6, per_bucket) for _ in range(n)] for l in dlabels]
-        dist[tier] = (dsids, dlabels, ts, values)
-    return Data(now, end_1m, end_1s, end_1h, gauge, dist)
+    ts = end - step * np.arange(n - 1, -1, -1, dtype=np.int64)
+    mu = {r: m for r, m in zip(REGIONS, (3.0, 3.2, 3.5, 4.0))}
+    values = [[rng.lognormal(mu[l["region"]], 0.6, per_bucket) for _ in range(n)] for l in dlabels]
+    data.dist[tier] = (dsids, dlabels, ts, values)
+
+
+def recent_tier(data: Data, args, end_1s: int, n: int = 900) -> None:
+    """(Re)generate the 1 s tier: ``n`` buckets per series ending at ``end_1s``."""
+    rng = np.random.default_rng(2 + end_1s % 1000_003)
+    data.end_1s = end_1s
+    _gauge_tier(data, rng, "1s", end_1s, SEC, n, args)
+    _dist_tier(data, rng, "1s", end_1s, SEC, n, args.dist_rate, args)
 
 
 def bucket_rows(data: Data):
@@ -181,18 +194,56 @@ def load_tally(cfg: TallyConfig, data: Data, rows_by_tier) -> None:
         client.close()
 
 
+def load_recent(cfg: TallyConfig, data: Data, args, vm_port) -> None:
+    """Load the 1 s tier so that Q3/Q4 ("the last 15 min", ending 10 s before they run) read
+    Redis as a live dashboard does: 15 minutes ending now - 10 s, then, while loading took
+    long enough for that end to fall behind (a busy machine), the seconds since, until the
+    data ends 10 s ago.  Loaded first instead, 15 min of 1 s buckets would already be partly
+    older than the tier's Redis window (16 min) when the queries run, and read from Cassandra."""
+    t0 = time.perf_counter()
+    end_1s, n, total = int(time.time() * 1000), 900, 0
+    end_1s -= end_1s % SEC + 10 * SEC
+    parts = []
+    for _ in range(10):
+        recent_tier(data, args, end_1s, n)
+        parts.append((data.gauge["1s"], data.dist["1s"]))
+        rows = {t: r for t, r in bucket_rows(data).items() if t == "1s"}
+        data.now_ms = end_1s + 10 * SEC  # Redis gets the buckets of the window before the queries' "now"
+        load_tally(cfg, data, rows)
+        if vm_port:
+            load_vm(vm_port, data, ("1s",))
+        total += len(rows["1s"])
+        behind = int(time.time() * 1000) - 10 * SEC - end_1s
+        if behind < 5 * SEC:
+            break
+        n = behind // SEC
+        end_1s += n * SEC
+    # The whole tier (the queries and the rollup read the last 900 buckets of it).
+    sids, labels = parts[0][0][0], parts[0][0][1]
+    ts = np.concatenate([g[2] for g, _ in parts])
+    data.gauge["1s"] = (sids, labels, ts[-900:], np.concatenate([g[3] for g, _ in parts], axis=1)[:, -900:])
+    dsids, dlabels = parts[0][1][0], parts[0][1][1]
+    values = [sum((list(d[3][i]) for _, d in parts), [])[-900:] for i in range(len(dsids))]
+    data.dist["1s"] = (dsids, dlabels, ts[-900:], values)
+    behind_s = time.time() - end_1s / 1000
+    print(f"  1 s tier: {total:,} buckets loaded in {time.perf_counter() - t0:.1f} s ({len(parts)} round(s)); "
+          f"its end is {behind_s:.1f} s ago", flush=True)
+    if behind_s < 10:
+        time.sleep(10 - behind_s)
+
+
 # -- VictoriaMetrics ---------------------------------------------------------------------------
 
 LE = np.round(np.geomspace(2, 400, 30), 3)
 
 
-def vm_lines(data: Data):
-    for tier in ("1m", "1s"):
+def vm_lines(data: Data, tiers=("1m", "1h", "1s")):
+    for tier in (t for t in ("1m", "1s") if t in tiers):
         sids, labels, ts, values = data.gauge[tier]
         tsl = ts.tolist()
         for l, row in zip(labels, values.tolist()):
             yield orjson.dumps({"metric": {"__name__": "cpu_usage", **l}, "values": row, "timestamps": tsl})
-    for tier in ("1h", "1s"):
+    for tier in (t for t in ("1h", "1s") if t in tiers):
         sids, labels, ts, values = data.dist[tier]
         tsl = ts.tolist()
         for l, per_bucket in zip(labels, values):
@@ -226,10 +277,10 @@ def start_vm(workdir: Path):
     raise RuntimeError("victoria-metrics did not start")
 
 
-def load_vm(port: int, data: Data) -> None:
+def load_vm(port: int, data: Data, tiers=("1m", "1h", "1s")) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     batch, n = [], 0
-    for line in vm_lines(data):
+    for line in vm_lines(data, tiers):
         batch.append(line)
         if len(batch) >= 500:
             conn.request("POST", "/api/v1/import", body=b"\n".join(batch))
@@ -248,11 +299,21 @@ def load_vm(port: int, data: Data) -> None:
 
 def timed_get(conn: http.client.HTTPConnection, path: str, params: dict) -> tuple[float, bytes]:
     url = path + "?" + urllib.parse.urlencode(params)
-    t0 = time.perf_counter()
-    conn.request("GET", url, headers={"X-Scope-OrgID": TENANT})
-    resp = conn.getresponse()
-    body = resp.read()
-    elapsed = time.perf_counter() - t0
+    for attempt in (1, 2):
+        t0 = time.perf_counter()
+        try:
+            conn.request("GET", url, headers={"X-Scope-OrgID": TENANT})
+            resp = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The server closed the idle keep-alive connection (e.g. while a slow mode ran
+            # on another server): reconnect and time the request again.
+            conn.close()
+            if attempt == 2:
+                raise
+            continue
+        body = resp.read()
+        elapsed = time.perf_counter() - t0
+        break
     if resp.status != 200:
         raise RuntimeError(f"{path} {params}: HTTP {resp.status}: {body[:300]!r}")
     return elapsed, body
@@ -335,7 +396,8 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tally-bench-query-"))
     procs = []
     try:
-        load_tally(cfg, data, rows)
+        # The 1 s tier is loaded last (below), right before its queries, unless --load-only.
+        load_tally(cfg, data, rows if args.load_only else {t: r for t, r in rows.items() if t != "1s"})
         if args.load_only:
             print(f"loaded keyspace {cfg.keyspace}; ranges end at 1m {data.end_1m}, 1s {data.end_1s}, "
                   f"1h {data.end_1h}")
@@ -347,12 +409,13 @@ def main(argv=None) -> int:
             if vm_proc:
                 procs.append(vm_proc)
                 t0 = time.perf_counter()
-                load_vm(vm_port, data)
+                load_vm(vm_port, data, ("1m", "1h"))
                 print(f"  victoria-metrics: imported in {time.perf_counter() - t0:.1f} s", flush=True)
         api_proc, api_port = start_api(cfg)
         procs.append(api_proc)
         cass_proc, cass_port = start_api(cfg, ["--no-redis"])
         procs.append(cass_proc)
+        load_recent(cfg, data, args, vm_port)
 
         s = lambda ms: ms / 1000  # noqa: E731
         p99 = "sketch_quantile(0.99, request_latency) by (region)"
