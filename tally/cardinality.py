@@ -4,12 +4,14 @@ Input: a tenant's rows of the series index (``<keyspace>.series``, schemas/cassa
 each with the metric name, the tags and the time the row was written
 (``WRITETIME(series)``, read by ``tally.api.cardinality``).  Definitions:
 
-- **series of a metric** ("active series"): the metric's rows in the series index, i.e. the
-  series Tally has stored and the query API can find.  The ingesters (agent, gateway) only
-  let in series the limits admit, so this is what the limits let through; the index has no
-  TTL, so a series stops counting when it is removed from the index, not when it goes idle
-  (the ingesters' own per-process active counts, 1 h idle expiry, are their
-  ``*_active_series`` self-metrics).
+- **series of a metric**: the metric's rows in the series index, i.e. the series Tally has
+  stored and the query API can find (the ingesters only let in what the limits admit).  The
+  index has no TTL: a series idle for days still counts.
+- **active series of a metric**: those of its index rows whose series had a 10 s bucket
+  written in the last 2 h - the job writes every bucket through to Redis and each series'
+  10 s sorted set expires 2 h after its last write (schemas/redis.json), so the key exists
+  exactly then (unless Redis evicted it under memory pressure: an undercount).  ``None``
+  when Redis could not be asked; metrics are ranked by active series when known.
 - **distinct values of a label of a metric**: distinct values among those rows.
 - **growth**: rows whose index write is within the last hour / 24 h.  A series' row is
   written when the job reads its registration, which a producer sends the first time it
@@ -34,19 +36,25 @@ DAY_MS = 24 * HOUR_MS
 
 @dataclass(frozen=True)
 class IndexRow:
-    """One series index row: metric name, tags, write time (epoch ms; None if unknown)."""
+    """One series index row: metric name, tags, write time (epoch ms; None if unknown),
+    whether the series is active (None if unknown)."""
 
     name: str
     tags: Mapping[str, str]
     written_ms: int | None = None
+    active: bool | None = None
 
 
-def report(tenant: str, rows: Iterable[IndexRow], now_ms: int, limit: int = 10, label_limit: int = 5) -> dict:
-    """The cardinality view of one tenant: the top ``limit`` metrics by series (each with
-    its top ``label_limit`` labels by distinct values and its series added in the last hour),
-    the top ``limit`` labels by distinct values over all metrics, the top label-value pairs,
-    and the tenant's series growth."""
+def report(tenant: str, rows: Iterable[IndexRow], now_ms: int, limit: int = 10, label_limit: int = 5,
+           active_window_s: int | None = None) -> dict:
+    """The cardinality view of one tenant: the top ``limit`` metrics by active series (by
+    series when activity is unknown), each with its top ``label_limit`` labels by distinct
+    values and its series added in the last hour; the top ``limit`` labels by distinct values
+    over all metrics, the top label-value pairs, and the tenant's series growth.
+    ``active_window_s`` only documents what "active" meant in the output."""
     per_metric: Counter[str] = Counter()
+    active_metric: Counter[str] = Counter()
+    activity_known = False
     values: defaultdict[tuple[str, str], set] = defaultdict(set)  # (metric, label) -> values
     all_values: defaultdict[str, set] = defaultdict(set)  # label -> values (any metric)
     pairs: Counter[str] = Counter()
@@ -55,6 +63,9 @@ def report(tenant: str, rows: Iterable[IndexRow], now_ms: int, limit: int = 10, 
     oldest = newest = None
     for row in rows:
         per_metric[row.name] += 1
+        if row.active is not None:
+            activity_known = True
+            active_metric[row.name] += row.active
         for label, value in row.tags.items():
             values[(row.name, label)].add(value)
             all_values[label].add(value)
@@ -71,16 +82,19 @@ def report(tenant: str, rows: Iterable[IndexRow], now_ms: int, limit: int = 10, 
     by_metric: defaultdict[str, list] = defaultdict(list)
     for (metric, label), vals in values.items():
         by_metric[metric].append((label, len(vals)))
-    top = sorted(per_metric.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    top = sorted(per_metric.items(), key=lambda kv: (-active_metric[kv[0]], -kv[1], kv[0]))[:limit]
     metrics = []
     for name, n in top:
         labels = sorted(by_metric[name], key=lambda kv: (-kv[1], kv[0]))[:label_limit]
-        metrics.append({"name": name, "series": n, "series_added_last_hour": added_metric[name],
+        metrics.append({"name": name, "active_series": active_metric[name] if activity_known else None,
+                        "series": n, "series_added_last_hour": added_metric[name],
                         "labels": [{"name": label, "values": v} for label, v in labels]})
     total = sum(per_metric.values())
     return {
         "tenant": tenant,
         "series": total,
+        "active_series": sum(active_metric.values()) if activity_known else None,
+        "active_window_seconds": active_window_s if activity_known else None,
         "metrics_total": len(per_metric),
         "label_pairs": len(pairs),
         "metrics": metrics,
@@ -96,13 +110,20 @@ def report(tenant: str, rows: Iterable[IndexRow], now_ms: int, limit: int = 10, 
 
 
 def tsdb_status(rep: dict) -> dict:
-    """The Prometheus ``GET /api/v1/status/tsdb`` data of a :func:`report` (Tally has no
-    head chunks: ``chunkCount`` is 0, min/max time are the oldest/newest registrations)."""
+    """The Prometheus ``GET /api/v1/status/tsdb`` data of a :func:`report`: series counts are
+    active series when known (Prometheus counts its head, i.e. recent series), else index
+    rows; Tally has no head chunks (``chunkCount`` 0), min/max time are the oldest/newest
+    registrations."""
     g = rep["growth"]
+
+    def count(m):
+        return m["series"] if m["active_series"] is None else m["active_series"]
+
     return {
-        "headStats": {"numSeries": rep["series"], "numLabelPairs": rep["label_pairs"], "chunkCount": 0,
+        "headStats": {"numSeries": rep["series"] if rep["active_series"] is None else rep["active_series"],
+                      "numLabelPairs": rep["label_pairs"], "chunkCount": 0,
                       "minTime": g["oldest_registration_ms"] or 0, "maxTime": g["newest_registration_ms"] or 0},
-        "seriesCountByMetricName": [{"name": m["name"], "value": m["series"]} for m in rep["metrics"]],
+        "seriesCountByMetricName": [{"name": m["name"], "value": count(m)} for m in rep["metrics"]],
         "labelValueCountByLabelName": [{"name": lbl["name"], "value": lbl["values"]} for lbl in rep["labels"]],
         "memoryInBytesByLabelName": [],
         "seriesCountByLabelValuePair": [{"name": p["name"], "value": p["series"]} for p in rep["label_value_pairs"]],
@@ -122,6 +143,10 @@ def render_metrics(rep: dict) -> str:
         "# TYPE tally_cardinality_series gauge",
         *(f'tally_cardinality_series{{tenant="{t}",metric="{_esc(m["name"])}"}} {m["series"]}'
           for m in rep["metrics"]),
+        "# HELP tally_cardinality_active_series Active series (a 10 s bucket within the active window) of the top metrics",
+        "# TYPE tally_cardinality_active_series gauge",
+        *(f'tally_cardinality_active_series{{tenant="{t}",metric="{_esc(m["name"])}"}} {m["active_series"]}'
+          for m in rep["metrics"] if m["active_series"] is not None),
         "# HELP tally_cardinality_label_values Distinct values of the top labels of the top metrics",
         "# TYPE tally_cardinality_label_values gauge",
         *(f'tally_cardinality_label_values{{tenant="{t}",metric="{_esc(m["name"])}",label="{_esc(lbl["name"])}"}} '

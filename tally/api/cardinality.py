@@ -12,8 +12,10 @@
     the dashboard page showing them (static/cardinality.html).
 
 The tenant is the query API's (API key, ``X-Scope-OrgID``); only its rows are read.  The
-index is scanned per request (every metric's partition, with ``WRITETIME(series)``) and the
-rows kept ``CACHE_SECONDS`` per tenant.
+index is scanned per request (every metric's partition, with ``WRITETIME(series)``), each
+series' activity asked of Redis (does its ``ACTIVE_TIER`` sorted set of recent buckets exist:
+one pipelined EXISTS per series; Redis unreachable = activity unknown) and the rows kept
+``CACHE_SECONDS`` per tenant.
 """
 
 from __future__ import annotations
@@ -33,16 +35,47 @@ __all__ = ["IndexReader", "cardinality_routes", "CACHE_SECONDS", "MAX_LIMIT"]
 
 CACHE_SECONDS = 10.0
 MAX_LIMIT = 1000
+ACTIVE_TIER = "10s"  # its Redis sorted set expires 2 h after the series' last bucket (schemas/redis.json)
 
 
 class IndexReader:
-    """Reads a tenant's series index rows (name, tags, write time) from Cassandra."""
+    """Reads a tenant's series index rows (name, tags, write time) from Cassandra and whether
+    each series is active from Redis."""
 
-    def __init__(self, cfg: TallyConfig):
+    def __init__(self, cfg: TallyConfig, use_redis: bool = True):
         self.cfg = cfg
+        self.use_redis = use_redis
         self._cluster = self._session = None
         self._stmt = None
+        self._redis = None
         self._lock = threading.Lock()
+
+    @property
+    def active_window_s(self) -> int:
+        from tally.schema import redis_layout
+
+        return int(redis_layout()["keys"]["bucket"]["window_seconds"][ACTIVE_TIER])
+
+    def _active(self, tenant: str, sids: list[int]) -> list[bool] | None:
+        """Whether each series' recent-bucket key exists; None if Redis cannot be asked."""
+        if not self.use_redis:
+            return None
+        import redis
+
+        from sinks.redis_cache import bucket_key
+
+        try:
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(self.cfg.redis_url, socket_timeout=10, socket_connect_timeout=5)
+            out: list[bool] = []
+            for i in range(0, len(sids), 20_000):
+                pipe = self._redis.pipeline(transaction=False)
+                for sid in sids[i:i + 20_000]:
+                    pipe.exists(bucket_key(self.cfg.keyspace, ACTIVE_TIER, tenant, sid))
+                out.extend(bool(n) for n in pipe.execute())
+            return out
+        except redis.RedisError:
+            return None
 
     def _rows(self, tenant: str) -> list[IndexRow]:
         from cassandra.concurrent import execute_concurrent_with_args
@@ -54,18 +87,23 @@ class IndexReader:
             if self._session is None:
                 self._cluster, self._session = connect(self.cfg)
                 self._stmt = self._session.prepare(
-                    f"SELECT name, tags, WRITETIME(series) AS w FROM {ks}.series WHERE tenant = ? AND name = ?")
+                    f"SELECT name, sid, tags, WRITETIME(series) AS w FROM {ks}.series WHERE tenant = ? AND name = ?")
         names = [r.name for r in self._session.execute(f"SELECT DISTINCT tenant, name FROM {ks}.series")
                  if r.tenant == tenant]
         results = execute_concurrent_with_args(self._session, self._stmt, [(tenant, n) for n in names],
                                                concurrency=16, raise_on_first_error=True)
-        return [IndexRow(r.name, r.tags or {}, r.w // 1000 if r.w is not None else None)
-                for _ok, rows in results for r in rows]
+        found = [r for _ok, rows in results for r in rows]
+        active = self._active(tenant, [r.sid for r in found])
+        return [IndexRow(r.name, r.tags or {}, r.w // 1000 if r.w is not None else None,
+                         None if active is None else active[i]) for i, r in enumerate(found)]
 
     async def rows(self, tenant: str) -> list[IndexRow]:
         return await asyncio.to_thread(self._rows, tenant)
 
     async def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
         if self._cluster is not None:
             self._cluster.shutdown()
             self._cluster = self._session = None
@@ -101,7 +139,8 @@ def cardinality_routes(source, tenant_of: Callable[[web.Request], str],
             if len(cache) > 64:
                 cache.clear()
             cache[tenant] = (time.monotonic(), rows)
-        return report(tenant, rows, int(clock() * 1000), limit=limit)
+        return report(tenant, rows, int(clock() * 1000), limit=limit,
+                      active_window_s=getattr(source, "active_window_s", None))
 
     def endpoint(render):
         async def handler(request: web.Request) -> web.Response:

@@ -281,8 +281,10 @@ def test_cardinality_view_lists_the_offender_first(sent):
     elapsed = time.monotonic() - t0
     rep = card["data"]
     assert rep["metrics"][0]["name"] == "it.card.req" and rep["metrics"][0]["series"] == LIMIT_A
+    assert rep["metrics"][0]["active_series"] == LIMIT_A  # each has its 10 s buckets in Redis
     assert rep["metrics"][0]["labels"][0] == {"name": "request_id", "values": LIMIT_A}
     assert rep["metrics"][1]["name"] == "it.cardb.req" and rep["metrics"][1]["series"] == LIMIT_B + 16
+    assert rep["metrics"][1]["active_series"] == LIMIT_B + 16
     assert rep["labels"][0]["name"] == "request_id"
     assert rep["growth"]["series_added_last_hour"] == rep["series"]  # everything registered just now
     assert tsdb["data"]["seriesCountByMetricName"][0] == {"name": "it.card.req", "value": LIMIT_A}

@@ -141,9 +141,26 @@ def test_page_table_rows_built_in_node():
                           json.dumps(rep)], capture_output=True, text=True, check=True, timeout=30).stdout
     got = json.loads(out)
     first = got["rows"][0]
-    assert first["metric"] == "http_requests" and first["worstLabel"] == "request_id"
+    assert first["metric"] == "http_requests" and first["worstLabel"] == "request_id" and first["active"] == "unknown"
     assert first["worstValues"] == 540 and first["addedLastHour"] == 40
     assert first["share"] == pytest.approx(540 / 561)
     assert first["labels"] == "request_id (540), host (3)"
     assert got["growth"] == "40 new series in the last hour, 560 in 24 h (23.3/h on average)"
     assert got["pct"] == ["50 %", "3.6 %"]
+
+
+def test_active_series_rank_metrics_when_known():
+    # "big" has more series in the index but most went idle; "busy" is ranked first by active series
+    rows = [IndexRow("big", {"i": str(i)}, NOW, active=i < 5) for i in range(100)]
+    rows += [IndexRow("busy", {"i": str(i)}, NOW, active=True) for i in range(20)]
+    rep = report("t", rows, NOW, active_window_s=7200)
+    assert [(m["name"], m["active_series"], m["series"]) for m in rep["metrics"]] == [("busy", 20, 20), ("big", 5, 100)]
+    assert rep["active_series"] == 25 and rep["series"] == 120 and rep["active_window_seconds"] == 7200
+    st = tsdb_status(rep)
+    assert st["headStats"]["numSeries"] == 25
+    assert st["seriesCountByMetricName"] == [{"name": "busy", "value": 20}, {"name": "big", "value": 5}]
+    assert 'tally_cardinality_active_series{tenant="t",metric="big"} 5' in render_metrics(rep)
+    # unknown activity (Redis unreachable): index rows rank, active fields are None
+    rep = report("t", [IndexRow(r.name, r.tags, r.written_ms) for r in rows], NOW, active_window_s=7200)
+    assert [m["name"] for m in rep["metrics"]] == ["big", "busy"] and rep["active_series"] is None
+    assert rep["metrics"][0]["active_series"] is None and "tally_cardinality_active_series{" not in render_metrics(rep)

@@ -15,13 +15,16 @@ function cell(tr, text, cls) {
 }
 
 function render(rep) {
-  $("summary").textContent = `${rep.series} series in ${rep.metrics_total} metrics; ${growthText(rep.growth)}`;
+  const active = rep.active_series === null ? "activity unknown (Redis unreachable)"
+    : `${rep.active_series} active (a 10 s bucket in the last ${rep.active_window_seconds / 3600} h)`;
+  $("summary").textContent = `${rep.series} series in ${rep.metrics_total} metrics, ${active}; ${growthText(rep.growth)}`;
   const body = $("metrics").querySelector("tbody");
   body.textContent = "";
   for (const r of metricRows(rep)) {
     const tr = document.createElement("tr");
     tr.dataset.metric = r.metric;
     cell(tr, r.metric);
+    cell(tr, r.active, "num");
     cell(tr, String(r.series), "num");
     cell(tr, percent(r.share), "num");
     cell(tr, r.worstLabel);

@@ -8,6 +8,7 @@ export function metricRows(rep) {
     const worst = m.labels.length ? m.labels[0] : null;
     return {
       metric: m.name,
+      active: m.active_series === null ? "unknown" : String(m.active_series),
       series: m.series,
       share: total ? m.series / total : 0,
       worstLabel: worst ? worst.name : "",
