@@ -9,7 +9,8 @@
 ``GET /api/v1/status/cardinality/metrics[?limit=N]``
     the same figures in Prometheus text format.
 ``GET /cardinality``
-    the dashboard page showing them (static/cardinality.html).
+    the dashboard page showing them (static/cardinality.html; its script and style come from
+    ``/static``, which ``tally.dashboard.mount`` serves, as ``tally api`` does).
 
 The tenant is the query API's (API key, ``X-Scope-OrgID``); only its rows are read.  The
 index is scanned per request (every metric's partition, with ``WRITETIME(series)``), each

@@ -292,3 +292,41 @@ def test_cardinality_view_lists_the_offender_first(sent):
     assert f'tally_cardinality_series{{tenant="{TENANT_A}",metric="it.card.req"}} {LIMIT_A}' in text
     assert page == 200
     print(f"cardinality view over {rep['series']} index rows: {elapsed:.2f} s (incl. connecting)")
+
+
+def test_cardinality_page_in_chromium(sent):
+    """The /cardinality page, in headless Chromium against the real index: the offender is the
+    first row, its worst label request_id; a screenshot goes to .tally/artifacts/."""
+    from tally.api.app import make_app
+    from tally.dashboard.mount import mount
+    from tally.query.engine import QueryEngine
+    from tally.query.storage import MemoryStorage
+    from tests.integration.test_dashboard_browser import ARTIFACTS, Chromium, _serve
+
+    cfg = sent["cfg"]
+
+    async def run():
+        app = make_app(cfg, QueryEngine(cfg, storage=MemoryStorage()))
+        mount(app, cfg)  # the dashboard's static files, as `tally api` serves them
+        runner, url = await _serve(app)
+        try:
+            async with Chromium() as page:
+                await page.send("Page.navigate", url=f"{url}/cardinality?tenant={TENANT_A}")
+                await page.wait_js("window.tally && window.tally.ready && window.tally.report", 60, "the report")
+                rows = await page.js("[...document.querySelectorAll('#metrics tbody tr')].map("
+                                     "tr => [...tr.children].map(td => td.textContent))")
+                labels = await page.js("[...document.querySelectorAll('#labels tbody tr')].map(tr => tr.dataset.label)")
+                summary = await page.js("document.getElementById('summary').textContent")
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                await page.screenshot(ARTIFACTS / "cardinality.png")
+                return rows, labels, summary, page.errors
+        finally:
+            await runner.cleanup()
+
+    rows, labels, summary, errors = asyncio.run(run())
+    assert not errors, errors
+    # columns: metric, active, series, share, worst label, its values, added last hour, labels
+    assert rows[0][:3] == ["it.card.req", str(LIMIT_A), str(LIMIT_A)] and rows[0][4:6] == ["request_id", str(LIMIT_A)]
+    assert rows[1][0] == "it.cardb.req"
+    assert labels[0] == "request_id"
+    assert "active" in summary and "new series in the last hour" in summary
