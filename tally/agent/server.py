@@ -18,7 +18,7 @@ import threading
 
 from tally.agent.worker import run_worker
 from tally.config import TallyConfig
-from tally.limits import limiter_metric_lines
+from tally.limits import Limits, limiter_metric_lines
 
 log = logging.getLogger("tally.agent")
 
@@ -150,6 +150,7 @@ def main(cfg: TallyConfig) -> int:
     """Run the agent until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter every reconnect
+    Limits.from_config(cfg)  # a bad relabel rule file or overflow setting fails here, before the workers fork
     agent = Agent(cfg)
     agent.start()
     try:
