@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from tally.relabel import RuleSet, hash_bucket, load_rules
+from tally.rollup import ROLLUP_LABEL
 from tally.series import SeriesId, series_id
 
 __all__ = [
@@ -183,6 +184,9 @@ def validate_series(name: str, tags: Mapping[str, str], limits: Limits, dialect:
             raise Rejection("bad_label_name", f"label name {_show(label)} of metric {_show(name)} is "
                                               f"{len(label)} characters long, longer than the limit of "
                                               f"{limits.max_label_name_chars}", label[:200])
+        if label == ROLLUP_LABEL:
+            raise Rejection("reserved_label", f"label name {label!r} of metric {_show(name)} is reserved for "
+                                              "rollup series (tally.rollup); senders may not set it", label)
         if not label_re.fullmatch(label):
             raise Rejection("bad_label_name", f"label name {_show(label)} of metric {_show(name)} does not "
                                               f"match {label_re.pattern}", label[:200])

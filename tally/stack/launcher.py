@@ -147,6 +147,11 @@ def down(cfg: TallyConfig, names: Iterable[str] | None = None, log: Log = print)
                 log(f"  {proc_name}: not running")
 
 
+def running(cfg: TallyConfig, names: Iterable[str] | None = None) -> set[str]:
+    """Names of the selected components with at least one process alive (healthy or not)."""
+    return {c.name for c in _select(cfg, names) if any(_managed(cfg, p).pid() for p in _proc_names(c, cfg))}
+
+
 def status(cfg: TallyConfig, names: Iterable[str] | None = None) -> list[tuple[str, bool, str]]:
     """(component, healthy, detail) for each selected component."""
     _quiet_client_logs()

@@ -1,7 +1,7 @@
 """Integration fixtures: the real local stack, started through the project's launcher.
 
-The stack is reused when it is already healthy (and then left running); a stack this
-session started is stopped at the end.  Each test module that needs the aggregation job
+The stack is reused when its processes are already running (and then left running, even
+if a health check is slow); only components this session started are stopped at the end.  Each test module that needs the aggregation job
 gets its own topics, keyspace and consumer group and its own job run, removed afterwards.
 """
 
@@ -21,12 +21,15 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="session")
 def stack_cfg() -> TallyConfig:
     cfg = TallyConfig.from_env()
-    already_up = all(ok for _, ok, _ in launcher.status(cfg))
-    if not already_up:
-        launcher.up(cfg, timeout_s=300)
+    # Components with a live process belong to whoever started them (another session, or a
+    # test restarting one of them): this session waits for them and never stops them.  A
+    # slow health check on a busy machine must not make a session stop a shared stack.
+    preexisting = launcher.running(cfg)
+    launcher.up(cfg, timeout_s=300)
     yield cfg
-    if not already_up:
-        launcher.down(cfg)
+    started = [name for name in launcher.running(cfg) if name not in preexisting]
+    if started:
+        launcher.down(cfg, started)
 
 
 @pytest.fixture(scope="module")

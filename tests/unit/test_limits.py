@@ -33,6 +33,14 @@ def test_bad_label_name(label):
     assert repr(label) in e.message and e.label == label
 
 
+@pytest.mark.parametrize("dialect", [PROMETHEUS, STATSD])
+def test_reserved_rollup_label_is_refused(dialect):
+    # A raw series carrying __rollup__ would be hidden from ordinary selectors (tally.query.rollups).
+    e = reject(validate_series, "cpu_usage", {"host": "a", "__rollup__": "by_region"}, Limits(), dialect=dialect)
+    assert e.reason == "reserved_label" and e.label == "__rollup__"
+    assert "'__rollup__'" in e.message and "reserved" in e.message
+
+
 def test_statsd_dialect_still_refuses_leading_digit_and_spaces():
     assert reject(validate_series, "9lives", {}, Limits(), dialect=STATSD).reason == "bad_metric_name"
     assert reject(validate_series, "m", {"a b": "v"}, Limits(), dialect=STATSD).reason == "bad_label_name"
