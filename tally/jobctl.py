@@ -96,8 +96,9 @@ def remove_data(cfg: TallyConfig) -> None:
 
 
 def endpoint_env(cfg: TallyConfig) -> dict[str, str]:
-    """The TALLY_* variables naming this config's stack endpoints (host, every port, and the
-    cluster addresses when set): the job's client builds its config from them."""
+    """The TALLY_* variables naming this config's stack endpoints (host, every port, the
+    cluster addresses when set, replication factors and consistency): the job's client
+    builds its config from them."""
     env = {"TALLY_HOST": cfg.host}
     for f in dataclasses.fields(cfg.ports):
         env[f"TALLY_{f.name.upper()}_PORT"] = str(getattr(cfg.ports, f.name))
@@ -107,6 +108,10 @@ def endpoint_env(cfg: TallyConfig) -> dict[str, str]:
         env["TALLY_CASSANDRA_HOSTS"] = ",".join(cfg.cassandra_contact_points)
     if cfg.redis_url_override:
         env["TALLY_REDIS_URL"] = cfg.redis_url_override
+    # How the cluster is written to travels with where it is (topics, keyspace, statements).
+    env["TALLY_KAFKA_REPLICATION_FACTOR"] = str(cfg.kafka_replication_factor)
+    env["TALLY_CASSANDRA_REPLICATION_FACTOR"] = str(cfg.cassandra_replication_factor)
+    env["TALLY_CASSANDRA_CONSISTENCY"] = cfg.cassandra_consistency
     return env
 
 
@@ -115,7 +120,10 @@ def _with_endpoints(job_cfg: TallyConfig, cfg: TallyConfig) -> TallyConfig:
     return dataclasses.replace(job_cfg, host=cfg.host, ports=cfg.ports,
                                kafka_bootstrap_servers=cfg.kafka_bootstrap_servers,
                                cassandra_contact_points=cfg.cassandra_contact_points,
-                               redis_url_override=cfg.redis_url_override)
+                               redis_url_override=cfg.redis_url_override,
+                               kafka_replication_factor=cfg.kafka_replication_factor,
+                               cassandra_replication_factor=cfg.cassandra_replication_factor,
+                               cassandra_consistency=cfg.cassandra_consistency)
 
 
 def submit(cfg: TallyConfig, name: str = "aggregate", job_args: list[str] | None = None,

@@ -42,3 +42,15 @@ def test_a_job_is_submitted_with_the_endpoints_of_the_config():
     assert env["TALLY_HOST"] == cfg.host and "TALLY_KAFKA_BOOTSTRAP" not in env
     job = jobctl._with_endpoints(TallyConfig(grace_seconds=7), cfg)
     assert job.ports == cfg.ports and job.grace_seconds == 7
+
+
+def test_a_job_on_a_cluster_config_creates_replicated_topics_and_keyspace():
+    cfg = dataclasses.replace(TallyConfig(), kafka_replication_factor=3, cassandra_replication_factor=3,
+                              cassandra_consistency="QUORUM", cassandra_contact_points=("127.0.0.1", "127.0.0.2"))
+    env = jobctl.endpoint_env(cfg)
+    assert env["TALLY_KAFKA_REPLICATION_FACTOR"] == "3" and env["TALLY_CASSANDRA_REPLICATION_FACTOR"] == "3"
+    assert env["TALLY_CASSANDRA_CONSISTENCY"] == "QUORUM"
+    assert TallyConfig.from_env(env).cassandra_replication_factor == 3
+    job = jobctl._with_endpoints(TallyConfig(grace_seconds=7), cfg)
+    assert (job.kafka_replication_factor, job.cassandra_replication_factor, job.cassandra_consistency) == (3, 3, "QUORUM")
+    assert job.grace_seconds == 7
