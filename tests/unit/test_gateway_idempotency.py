@@ -36,3 +36,20 @@ def test_points_of_an_idempotent_request_are_numbered_from_one_and_the_producer_
     _emit_as(producer, "idem-x", samples)  # the retry: the same ids again
     assert producer.sent == [("idem-x", n, 1000 + n - 1) for n in (1, 2, 3)] * 2
     assert (producer.producer_id, producer.seq) == ("own", 41)
+
+
+def test_a_request_is_sent_in_event_time_order_not_series_by_series():
+    import asyncio
+
+    from tests.unit.test_gateway_writer import ScriptedProducer, make_writer
+
+    a, b = series_id("t", "a", {}), series_id("t", "b", {})
+    grouped = [Sample(a, "c", 1000, 1.0), Sample(a, "c", 30_000, 2.0), Sample(b, "c", 500, 3.0),
+               Sample(b, "c", 20_000, 4.0)]  # as ingest hands them over: grouped by series
+    w = make_writer([0.0])
+    try:
+        asyncio.run(w.write(grouped))
+        (p,) = ScriptedProducer.instances
+        assert [ts for _k, _t, ts, _v, _c in p.sent] == [500, 1000, 20_000, 30_000]
+    finally:
+        w.close()
