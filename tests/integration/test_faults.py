@@ -480,16 +480,16 @@ def test_duplicate_storm_gateway_retries_with_idempotency_key(fault_stack, days)
     tenant, plain = "f-dup-gateway", "f-dup-gateway-nokey"
     day = days.take()
     base = day + 3_600_000
-    # Each request spans less than the grace (2 s) of event time and comes after the previous
-    # one: no point can be late beyond grace whatever order the job reads the partitions in
-    # (requests spanning 10-30 s lost 10 to 42 of ~214 buckets to lateness in two runs).
+    # Each request spans more than the grace (2 s) of event time (the gateway must send it in
+    # event-time order: sent series by series, the early points of later series were late
+    # beyond grace) and comes after the previous one (an older request would be late).
     push_points = [{"name": "gw_orders", "tags": {"shop": str(i % 4)}, "type": "c", "value": float(1 + i % 5),
-                    "ts": base + i * 5} for i in range(300)]
+                    "ts": base + i * 100} for i in range(300)]
     rw_series = [([("__name__", "gw_temperature"), ("room", str(r))],
-                  [(20.0 + (i % 7), base + 2_000 + i * 25) for i in range(40)]) for r in range(5)]
+                  [(20.0 + (i % 7), base + 35_000 + i * 250) for i in range(40)]) for r in range(5)]
     rw_body = bytes(cramjam.snappy.compress_raw(pb_request(rw_series)))
     push_body = json.dumps({"points": push_points}).encode()
-    plain_points = [{**p, "ts": p["ts"] + 4_000} for p in push_points[:20]]
+    plain_points = [{**p, "ts": p["ts"] + 50_000} for p in push_points[:20]]
     plain_body = json.dumps({"points": plain_points}).encode()
 
     async def storm():
