@@ -55,10 +55,10 @@ def point_record(f: Flushed, pid: str, seq: int, rollups=None) -> dict:
          "sk": points.sketch_field(f.sketch), "pid": pid, "seq": seq}, rollups)
 
 
-def encode_flushed(items: list[tuple[Flushed, int]], pid: str, rules: RollupSet | None = None) -> Batch:
+def encode_flushed(items, pid: str, rules: RollupSet | None = None, batch: Batch | None = None) -> Batch:
     """The batch of (aggregate, seq) pairs: encoded points in order and their series (with
-    the rollup series of ``rules``, tally.rollup)."""
-    batch = Batch()
+    the rollup series of ``rules``, tally.rollup); appended to ``batch`` when given."""
+    batch = Batch() if batch is None else batch
     for f, seq in items:
         mapped = rules.rollups(f.series) if rules else None
         batch.points.append((f.series.id, points.encode(point_record(f, pid, seq, mapped))))
@@ -245,7 +245,7 @@ class Worker:
         if self._pending:
             self._advance(None)  # the previous flush first: sequences stay in time order
         tick = now_sec * 1000 if now_sec is not None else int(time.time()) * 1000
-        self._pending = (self.agg.flush_iter(now_sec), [], tick)
+        self._pending = (self.agg.flush_iter(now_sec), Batch(), tick)
 
     def flush(self, now_sec: int | None) -> None:
         """Flush completely now (at shutdown)."""
@@ -253,21 +253,19 @@ class Worker:
         self._advance(None)
 
     def _advance(self, budget_s: float | None) -> None:
-        """Compute pending aggregates for up to budget_s (all when None).  Sequences are
-        stamped here, in order; sketches are built and points encoded by the sender (in its
-        own process: off the receive loop)."""
-        aggregates, items, tick = self._pending
+        """Compute and encode pending aggregates for up to budget_s (all when None), in
+        slices between socket drains.  (Encoding in the sender process instead was tried and
+        measured no better with bench/agent.py --baseline: pickling the aggregates over and
+        the sender's unsliced burst every second cost the agent more CPU than it saved the loop.)"""
+        aggregates, batch, tick = self._pending
         deadline = time.perf_counter() + budget_s if budget_s is not None else None
         for f in aggregates:
             self.seq += 1
-            items.append((f, self.seq))
+            encode_flushed(((f, self.seq),), self.pid, self.rollups, batch)
             if deadline is not None and time.perf_counter() >= deadline:
                 return
         self._pending = None
-        if isinstance(self.sender, SenderProcess):
-            self.sender.submit_flushed(items, tick)
-        else:
-            self.sender.submit(encode_flushed(items, self.pid, self.rollups), tick)
+        self.sender.submit(batch, tick)
         self._report()
 
     def _report(self) -> None:
@@ -299,9 +297,8 @@ class SenderProcess:
     def start(self) -> None:
         self.proc.start()
 
-    def submit_flushed(self, items: list[tuple[Flushed, int]], tick_ms: int | None) -> None:
-        """Hand (aggregate, seq) pairs over; the sender process encodes them."""
-        self.queue.put((items, tick_ms))
+    def submit(self, batch: Batch, tick_ms: int | None) -> None:
+        self.queue.put((batch.points, batch.series, tick_ms))
 
     def stop(self, timeout_s: float = 60) -> None:
         self.queue.put(None)
@@ -325,7 +322,6 @@ def _run_sender(cfg: TallyConfig, index: int, producer_id: str, q, stats_queue, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stops when its worker says so (after the last flush)
     stats: dict = {"worker": index, "role": "sender"}
-    rollups = load_rules(cfg.rollup_rules_path)  # rollup rules (tally.rollup), applied when encoding
     sender = Sender(Spool(spool_dir(cfg, index), cfg.agent_spool_max_mb * 1024 * 1024),
                     lambda: AgentProducer(cfg, producer_id), stats, retry_seconds=cfg.agent_kafka_retry_seconds,
                     hold_ticks=lambda: siblings_spooling(cfg, index))
@@ -341,8 +337,8 @@ def _run_sender(cfg: TallyConfig, index: int, producer_id: str, q, stats_queue, 
         if item is None:
             break
         if item:
-            items, tick_ms = item
-            sender.submit(encode_flushed(items, producer_id, rollups), tick_ms)
+            points_, series, tick_ms = item
+            sender.submit(Batch(points_, series), tick_ms)
         if stats_queue is not None and time.monotonic() - last_report >= 1.0:
             last_report = time.monotonic()
             stats_queue.put_nowait(dict(stats))
