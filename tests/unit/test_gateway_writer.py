@@ -71,7 +71,9 @@ def samples(*values):
 
 def make_writer(clock, **producer_kw):
     ScriptedProducer.instances = []
-    return PointWriter(TallyConfig(), ack_timeout_s=1, retry_after_s=5,
+    # The scripted producer answers at once; the ack timeout only bounds the wait for the
+    # writer's thread, which a heavily loaded machine may not schedule within a second.
+    return PointWriter(TallyConfig(), ack_timeout_s=10, retry_after_s=5,
                        producer_factory=lambda cfg: ScriptedProducer(cfg, **producer_kw),
                        clock=lambda: clock[0], probe=lambda cfg: None)
 
