@@ -115,9 +115,9 @@ def test_agent_batches_carry_rollup_ids_and_name_rollup_series():
     cpu = series_id("acme", "cpu_usage", {"host": "h1", "region": "eu"})
     lat = series_id("acme", "request_latency", {"host": "h1", "route": "/a"})
     other = series_id("acme", "mem", {"host": "h1"})
-    items = [(Flushed(cpu, "g", 1_000, 1.0, 5.0, 5.0, 5.0, 5.0), 1),
-             (Flushed(other, "g", 1_000, 1.0, 2.0, 2.0, 2.0, 2.0), 2),
-             (Flushed(lat, "c", 1_000, 1.0, 3.0, 3.0, 3.0, 3.0), 3)]
+    items = [(Flushed(cpu, "g", 1_000, 1.0, 5.0, 5.0, 5.0, 5.0, None), 1),
+             (Flushed(other, "g", 1_000, 1.0, 2.0, 2.0, 2.0, 2.0, None), 2),
+             (Flushed(lat, "c", 1_000, 1.0, 3.0, 3.0, 3.0, 3.0, None), 3)]
     batch = encode_flushed(items, "agent-1", rules)
     records = [(key, point.decode(rec)) for key, rec in batch.points]
     assert [key for key, _ in records] == [cpu.id, other.id, lat.id]  # Kafka key: the raw series
