@@ -111,7 +111,7 @@ def build(env, source: Source, sink: Sink, cfg: TallyConfig):
     conf.set("pipeline.name", job_name(cfg))
     register_udfs(t_env)
     points = source(t_env, cfg)
-    for name, query in aggsql.classify_views(points):
+    for name, query in aggsql.classify_views(points, cfg.grace_seconds):
         t_env.create_temporary_view(name, t_env.sql_query(query))
     # Materialize stage 1 (Java rows, no Python): one computation of each record's status,
     # whatever stage 2 does with it.  Event time and watermarks ride along on the stream.

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class BucketSink(MapFunction):
     """Upserts packed bucket batches into Cassandra and Redis; sends late points to the late
-    topic; counts late, duplicate and rejected rows.
+    topic; counts late, duplicate and rejected rows and the job's late-within-grace counts.
 
     Input rows have the columns of ``tally.aggsql.SINK_COLUMNS``: kind ``bucket`` rows carry
     ``n`` buckets in ``batch``; the others are single points.  Each input yields one output
@@ -68,6 +68,11 @@ class BucketSink(MapFunction):
             written = self.writer.write_batch(tier, tenant, batch)
             self._count(f"buckets_written_{tier}", written)
             self._cache(lambda: self.cache.write_batch(tier, tenant, batch, int(time.time() * 1000)))
+            return f"{kind}:{tier}"
+        if kind == "grace":  # n points of a tenant's second were late within grace (aggregated)
+            amount = int(row["n"])
+            self._count("late_within_grace", amount)
+            self._cache(lambda: self.cache.count(tenant or "unknown", "late_within_grace", amount))
             return f"{kind}:{tier}"
         if kind == "late":  # beyond grace: kept on the late topic for reconciliation
             self.late.write_sync(row)

@@ -11,11 +11,14 @@ Stage 1 (computed once, then materialized):
                 watermark tick: moves event time, never aggregated), ``dup`` (a replay:
                 its ``seq`` is not above the highest seen before from the same producer
                 on the same Kafka partition; state is one number per producer and
-                partition), ``late`` (beyond grace: its 1 s bucket already fired) or ``ok``
+                partition), ``late`` (beyond grace: its 1 s bucket already fired),
+                ``grace`` (late within grace: a point of a later second had already been
+                seen, i.e. its 1 s bucket ended at or before the watermark plus the
+                grace, but the bucket has not fired; aggregated like ``ok``, counted) or ``ok``
 
 Stage 2:
 
-``on_time``     the ``ok`` points, each once for its series and once per rollup series
+``on_time``     the ``ok`` and ``grace`` points, each once for its series and once per rollup series
                 in its ``rsids`` (tally.rollup): rollup series are aggregated like any
                 series from here on (late/dup/rejected rows stay one per point)
 ``phase1``      1 s windows keyed by (tenant, sid, salt): a hot series is spread over
@@ -24,10 +27,12 @@ Stage 2:
 ``agg_<tier>``  each coarser tier merged from the tier below (rollup cascade)
 ``buckets``     every tier's buckets one per row plus the late, duplicate and rejected
                 rows, one schema (BUCKET_COLUMNS): what the batch reconciliation reads.
+``in_grace``    the ``grace`` points' tenant and event time
 ``sink_batches`` the streaming job's output: every tier's buckets packed into batches of
                 one (tier, tenant, window, shard) by ``pack_buckets`` (tally.bucketpack:
-                one record per few hundred buckets crosses into Python), plus the late,
-                duplicate and rejected points one per row (SINK_COLUMNS).  Everything leaves the SQL through this one
+                one record per few hundred buckets crosses into Python), the late,
+                duplicate and rejected points one per row, and per tenant and second the
+                number of points late within grace (kind ``grace``, in ``n``) (SINK_COLUMNS).  Everything leaves the SQL through this one
                 stream: a second output (an INSERT) would be planned separately and read the
                 topic a second time, with its own watermarks and so its own late decisions.
 """
@@ -44,7 +49,8 @@ from tally.tiers import DEFAULT_TIERS, Tier
 BUCKET_COLUMNS = ("kind", "tier", "tenant", "sid", "ts", "cnt", "total", "vmin", "vmax", "vlast", "last_ts", "sk",
                   "mtype", "pid", "seq")
 # Columns of the streaming sink's ``sink_batches``, in order: kind 'bucket' rows carry n packed buckets in
-# ``batch``; kinds late / dup / rejected carry one point in the remaining columns.
+# ``batch``; kinds late / dup / rejected carry one point in the remaining columns; kind grace carries the number
+# of points of a tenant's 1 s window that were late within grace in ``n``.
 SINK_COLUMNS = ("kind", "tier", "tenant", "n", "batch", "sid", "ts", "cnt", "total", "vmin", "vmax", "vlast",
                 "last_ts", "sk", "mtype", "pid", "seq")
 
@@ -110,15 +116,18 @@ def _aggregated_fields(sid: str = "sid") -> str:
                      for name, _ in point_sql_columns() if name != "rsids")
 
 
-def classify_views(source: str, tiers: Sequence[Tier] = DEFAULT_TIERS) -> list[tuple[str, str]]:
+def classify_views(source: str, grace_seconds: int,
+                   tiers: Sequence[Tier] = DEFAULT_TIERS) -> list[tuple[str, str]]:
     """Stage 1: (view, query) pairs from the source table to ``classified``, where every
-    record gets one ``status``: ok, late, dup, rejected or tick.
+    record gets one ``status``: ok, grace, late, dup, rejected or tick.  ``grace_seconds``
+    is the source's watermark delay (the watermark is the newest event time minus it).
 
     Stage 1 is computed once and materialized (jobs/aggregate.py turns it into a stream
     and back): its status depends on the current watermark, and a plan that computed it
     in two branches could judge one record late in one and on time in the other.
     """
     first_ms = tiers[0].resolution_ms
+    grace_ms = grace_seconds * 1000
     required = [n for n in point_required_fields() if n not in ("sk", "v")]
     complete = " AND ".join(f"`{n}` IS NOT NULL" for n in required)
     return [
@@ -128,7 +137,10 @@ SELECT *, max_before(seq) OVER (PARTITION BY pid, part ORDER BY pt
                                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS seq_max_before
 FROM {source}"""),
         # A window [s, e) fires once the watermark reaches e - 1; a point whose first-tier
-        # window has fired would be dropped by the window operator, so it is late.
+        # window has fired would be dropped by the window operator, so it is late.  A point
+        # whose window had ended by the event time already seen (watermark + grace) but has
+        # not fired arrived out of order and is kept: late within grace (judged against the
+        # watermark, which the source advances every auto-watermark interval).
         ("classified", f"""
 SELECT {_point_fields()}, rt AS event_time,
   CASE
@@ -137,6 +149,8 @@ SELECT {_point_fields()}, rt AS event_time,
     WHEN seq_max_before IS NOT NULL AND seq <= seq_max_before THEN 'dup'
     WHEN COALESCE(TO_TIMESTAMP_LTZ(`ts` - MOD(`ts`, {first_ms}) + {first_ms - 1}, 3)
                   <= CURRENT_WATERMARK(rt), FALSE) THEN 'late'
+    WHEN COALESCE(TO_TIMESTAMP_LTZ(`ts` - MOD(`ts`, {first_ms}) + {first_ms - grace_ms}, 3)
+                  <= CURRENT_WATERMARK(rt), FALSE) THEN 'grace'
     ELSE 'ok'
   END AS status
 FROM seq_prev"""),
@@ -161,7 +175,7 @@ def bucket_views(classified: str, tiers: Sequence[Tier] = DEFAULT_TIERS,
 SELECT {_aggregated_fields("target")}, rt
 FROM {classified} CROSS JOIN UNNEST(
   CASE WHEN rsids IS NULL THEN ARRAY[sid] ELSE ARRAY_CONCAT(ARRAY[sid], rsids) END) AS targets(target)
-WHERE status = 'ok'"""),
+WHERE status IN ('ok', 'grace')"""),
         ("phase1", f"""
 SELECT tenant, sid, window_time AS rt,
   SUM(`count`) AS cnt, SUM(`sum`) AS total, MIN(`min`) AS vmin, MAX(`max`) AS vmax,
@@ -192,6 +206,7 @@ FROM agg_{t.name}"""
   `type` AS mtype, pid, seq
 FROM {classified} WHERE status IN ('late', 'dup', 'rejected')""")
     out.append(("buckets", "\nUNION ALL\n".join(rows)))
+    out.append(("in_grace", f"SELECT tenant, rt FROM {classified} WHERE status = 'grace'"))
     no_point = ("CAST(NULL AS BIGINT) AS sid, CAST(NULL AS BIGINT) AS ts, CAST(NULL AS DOUBLE) AS cnt, "
                 "CAST(NULL AS DOUBLE) AS total, CAST(NULL AS DOUBLE) AS vmin, CAST(NULL AS DOUBLE) AS vmax, "
                 "CAST(NULL AS DOUBLE) AS vlast, CAST(NULL AS BIGINT) AS last_ts, CAST(NULL AS BYTES) AS sk, "
@@ -211,6 +226,11 @@ GROUP BY tenant, MOD(sid, {batch_shards}), window_start, window_end"""
   `count` AS cnt, `sum` AS total, `min` AS vmin, `max` AS vmax, `last` AS vlast, `ts` AS last_ts, sk,
   `type` AS mtype, pid, seq
 FROM {classified} WHERE status IN ('late', 'dup', 'rejected')""")
+    # Late within grace, counted in the SQL: one row per tenant and second, not per point.
+    parts.append(f"""SELECT 'grace' AS kind, '{first.name}' AS tier, tenant, COUNT(*) AS n,
+  CAST(NULL AS BYTES) AS batch, {no_point}
+FROM TABLE(TUMBLE(TABLE in_grace, DESCRIPTOR(rt), {interval(first.resolution_seconds)}))
+GROUP BY tenant, window_start, window_end""")
     out.append(("sink_batches", "\nUNION ALL\n".join(parts)))
     return out
 

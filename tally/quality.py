@@ -51,9 +51,8 @@ def dq_counters(raw: Mapping) -> dict:
         "rejected_by_reason": by_reason,
         "late_beyond_grace": fields.get(f"late_beyond_grace:{finest}", 0.0),
         "late_beyond_grace_by_tier": {t.name: fields.get(f"late_beyond_grace:{t.name}", 0.0) for t in DEFAULT_TIERS},
-        # None while the job does not count points accepted late within grace (a field
-        # ``late_within_grace`` in the hash, once it does).
-        "late_within_grace": fields.get("late_within_grace"),
+        # Points that arrived after a later second had been seen and were still aggregated.
+        "late_within_grace": fields.get("late_within_grace", 0.0),
     }
 
 

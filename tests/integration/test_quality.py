@@ -4,10 +4,11 @@
 
 Workload (private topics and keyspace, the aggregation job of the ``pipeline`` fixture):
 200 points, then the same 200 points (same producer id and sequences) twice more, 3 points
-late beyond grace (their 1 s buckets already fired), 4 records whose ``count`` is not a
-number.  Expected: duplicates dropped 400, late beyond grace 3, rejected 4 (reason
-malformed_record), the consumer lag reaches 0 once the job caught up and committed, and the
-job's event time is the last tick minus the grace.
+late within grace (a later second was already seen, their 1 s bucket has not fired), 3
+points late beyond grace (their 1 s buckets already fired), 4 records whose ``count`` is not
+a number.  Expected: duplicates dropped 400, late within grace 3 (and in their bucket), late
+beyond grace 3, rejected 4 (reason malformed_record), the consumer lag reaches 0 once the
+job caught up and committed, and the job's event time is the last tick minus the grace.
 """
 
 from __future__ import annotations
@@ -37,7 +38,18 @@ def _send_workload(cfg) -> dict:
     producer.flush()
     for _ in range(2):
         producer.send_all(sent)  # the same points again, twice: 400 duplicates
+    producer.emit(s, "c", BASE_MS + 37_000, 1.0)
     producer.tick(BASE_MS + 40_000)
+    producer.flush()
+    # Once the 1 s bucket at +37 s has fired, the job's watermark is 40 s - grace (2 s) = 38 s
+    # (the only event times are the points' and the tick's): a point in [39 s, 40 s) is
+    # behind the newest event time seen (40 s) but its bucket fires only at 39.999 s.
+    assert cfg.grace_seconds == 2
+    fired = wait_for(lambda: read_buckets(cfg, TENANT, [s.id], {("1s", s.id, BASE_MS + 37_000)}).get(
+        ("1s", s.id, BASE_MS + 37_000)), timeout_s=120)
+    assert fired is not None
+    for k in range(3):
+        producer.emit(s, "c", BASE_MS + 39_100 + k, 1.0)
     producer.flush()
     # Wait until the 1 s bucket at +5 s has fired, then send 3 points into it: beyond grace.
     fired = wait_for(lambda: read_buckets(cfg, TENANT, [s.id], {("1s", s.id, BASE_MS + 5_000)}).get(
@@ -54,7 +66,7 @@ def _send_workload(cfg) -> dict:
     producer.tick(last_tick)
     producer.flush()
     producer.close()
-    return {"duplicates": 400, "late": 3, "rejected": 4, "last_tick": last_tick}
+    return {"duplicates": 400, "grace": 3, "late": 3, "rejected": 4, "last_tick": last_tick, "sid": s.id}
 
 
 def _metric(text: str, name: str, **labels) -> float | None:
@@ -88,6 +100,7 @@ def test_dq_metrics_match_a_known_workload(pipeline):
                 data = await report()
                 done = (data["duplicates_dropped"] == expected["duplicates"]
                         and data["late_beyond_grace"] == expected["late"]
+                        and data["late_within_grace"] == expected["grace"]
                         and (data["rejected_by_reason"] or {}).get("malformed_record") == expected["rejected"]
                         and data["kafka_consumer_lag_records"] == 0
                         and data["event_time_ms"] == expected["last_tick"] - cfg.grace_seconds * 1000)
@@ -106,10 +119,13 @@ def test_dq_metrics_match_a_known_workload(pipeline):
     assert data["kafka_consumer_lag_records"] == 0, data["kafka_consumer_lag_by_partition"]
     assert data["event_time_ms"] == expected["last_tick"] - cfg.grace_seconds * 1000
     assert data["event_time_lag_seconds"] > 0 and data["points_per_second"] is not None
-    assert data["late_within_grace"] is None  # the job does not count it (see README)
+    assert data["late_within_grace"] == expected["grace"]
+    in_grace = ("1s", expected["sid"], BASE_MS + 39_000)
+    assert read_buckets(cfg, TENANT, [expected["sid"]], {in_grace})[in_grace].count == expected["grace"]
     assert data["warnings"] == []
     assert _metric(text, "tally_dq_duplicates_dropped_total", tenant=TENANT) == expected["duplicates"]
     assert _metric(text, "tally_dq_late_beyond_grace_total", tenant=TENANT) == expected["late"]
+    assert _metric(text, "tally_dq_late_within_grace_total", tenant=TENANT) == expected["grace"]
     assert _metric(text, "tally_dq_rejected_total", tenant=TENANT, reason="malformed_record") == expected["rejected"]
     assert sum(_metric(text, "tally_dq_kafka_consumer_lag_records", partition=str(p)) or 0
                for p in range(cfg.kafka_partitions)) == 0

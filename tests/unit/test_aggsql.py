@@ -8,7 +8,7 @@ from tally.tiers import DEFAULT_TIERS
 
 
 def _all_views(salt_buckets=4):
-    return aggsql.classify_views("points") + aggsql.bucket_views("classified_points", salt_buckets=salt_buckets)
+    return aggsql.classify_views("points", 2) + aggsql.bucket_views("classified_points", salt_buckets=salt_buckets)
 
 
 def test_views_cover_every_stage_and_tier_in_order():
@@ -16,7 +16,7 @@ def test_views_cover_every_stage_and_tier_in_order():
     assert names[:2] == ["seq_prev", "classified"]
     tier_views = [f"agg_{t.name}" for t in DEFAULT_TIERS]
     assert [n for n in names if n.startswith("agg_")] == tier_views
-    assert names[-2:] == ["buckets", "sink_batches"]
+    assert names[-3:] == ["buckets", "in_grace", "sink_batches"]
     # Each view only reads views defined before it.
     queries = dict(_all_views())
     for i, name in enumerate(names):
@@ -25,12 +25,14 @@ def test_views_cover_every_stage_and_tier_in_order():
 
 
 def test_every_record_gets_exactly_one_status():
-    classified = dict(aggsql.classify_views("points"))["classified"]
-    for status in ("'rejected'", "'tick'", "'dup'", "'late'", "'ok'"):
+    classified = dict(aggsql.classify_views("points", 2))["classified"]
+    for status in ("'rejected'", "'tick'", "'dup'", "'late'", "'grace'", "'ok'"):
         assert status in classified
-    assert "CASE" in classified and classified.count("CURRENT_WATERMARK") == 1
+    assert "CASE" in classified and classified.count("CURRENT_WATERMARK") == 2
+    # Late beyond grace is decided before late within grace (the first WHEN that holds wins).
+    assert classified.index("'late'") < classified.index("'grace'") < classified.index("'ok'")
     on_time = dict(aggsql.bucket_views("classified_points"))["on_time"]
-    assert "status = 'ok'" in on_time
+    assert "status IN ('ok', 'grace')" in on_time
 
 
 def test_phase1_is_salted_and_phase2_and_rollups_are_not():
@@ -46,9 +48,12 @@ def test_phase1_is_salted_and_phase2_and_rollups_are_not():
 
 
 def test_late_rule_matches_window_firing():
-    marked = dict(aggsql.classify_views("points"))["classified"]
+    marked = dict(aggsql.classify_views("points", 2))["classified"]
     # A 1 s window [s, s+1000) fires when the watermark reaches s + 999.
     assert "`ts` - MOD(`ts`, 1000) + 999" in marked and "CURRENT_WATERMARK(rt)" in marked
+    # Late within grace: the window ended by watermark + grace (2 s): s + 1000 - 2000.
+    assert "`ts` - MOD(`ts`, 1000) + -1000" in marked
+    assert "+ -4000" in dict(aggsql.classify_views("points", 5))["classified"]
 
 
 def test_every_union_branch_has_the_bucket_columns():
@@ -63,11 +68,15 @@ def test_every_union_branch_has_the_bucket_columns():
 def test_sink_batches_pack_every_tier_and_keep_points_whole():
     batches = dict(aggsql.bucket_views("classified_points", batch_shards=16))["sink_batches"]
     branches = batches.split("UNION ALL")
-    assert len(branches) == len(DEFAULT_TIERS) + 1
+    assert len(branches) == len(DEFAULT_TIERS) + 2
     for tier, branch in zip(DEFAULT_TIERS, branches):
         assert f"TABLE agg_{tier.name}," in branch and "pack_buckets(sid" in branch
         assert aggsql.interval(tier.resolution_seconds) in branch and "MOD(sid, 16)" in branch
-    assert "status IN ('late', 'dup', 'rejected')" in branches[-1] and "pack_buckets" not in branches[-1]
+    assert "status IN ('late', 'dup', 'rejected')" in branches[-2] and "pack_buckets" not in branches[-2]
+    # Late within grace: counted per tenant and 1 s window in the SQL (one row, not one per point).
+    assert "'grace' AS kind" in branches[-1] and "TABLE in_grace" in branches[-1]
+    assert "COUNT(*) AS n" in branches[-1] and "GROUP BY tenant, window_start, window_end" in branches[-1]
+    assert "status = 'grace'" in dict(aggsql.bucket_views("classified_points"))["in_grace"]
     for branch in branches:  # every branch lists SINK_COLUMNS in order (select list, top-level commas)
         select = branch[branch.index("SELECT") + 6:branch.index("\nFROM")]
         items, depth, current = [], 0, ""

@@ -22,7 +22,7 @@ def test_report_holds_every_figure():
     assert r["rejected_by_reason"] == {"malformed_record": 4, "bad_value": 2}
     assert r["kafka_consumer_lag_records"] == 7 and r["kafka_consumer_lag_by_partition"] == {"0": 5, "1": 2}
     assert r["event_time_lag_seconds"] == 6.0 and r["points_per_second"] == 120.5
-    assert r["bucket_status"]["final_before_ms"] == 4_000 and r["late_within_grace"] is None
+    assert r["bucket_status"]["final_before_ms"] == 4_000 and r["late_within_grace"] == 0
     assert dq_counters({b"late_within_grace": b"9"})["late_within_grace"] == 9
 
 
