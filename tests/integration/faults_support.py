@@ -67,6 +67,20 @@ def restarts(cfg: TallyConfig, job_id: str) -> int:
     return int(float(metrics[0]["value"])) if metrics else 0
 
 
+def task_attempts(cfg: TallyConfig, job_id: str) -> int | None:
+    """The sum of every subtask's execution attempt number (None when Flink does not answer):
+    it grows when tasks are redeployed after a failure.  Read from the tasks themselves, not
+    from the ``numRestarts`` metric, which the REST metric cache was seen to keep at its old
+    value for minutes after a TaskManager was killed."""
+    try:
+        job = flink_rest(cfg, f"/jobs/{job_id}")
+        return sum(task.get("attempt", 0)
+                   for vertex in job.get("vertices", [])
+                   for task in flink_rest(cfg, f"/jobs/{job_id}/vertices/{vertex['id']}").get("subtasks", []))
+    except OSError:
+        return None
+
+
 class Load(threading.Thread):
     """A steady stream of points (Kafka client mode, PointProducer) for one tenant in its own
     event-time region: 16 counter series and one timer, event time = region start + elapsed

@@ -42,7 +42,7 @@ from tally.series import series_id
 from tally.stack import launcher
 from tally.stack.process import Managed
 from tests.integration.faults_support import (DAY_MS, Load, compare_with_truth, descendants, job_running,
-                                              private_config, restarts)
+                                              private_config, restarts, task_attempts)
 from tests.integration.truth import expected_buckets, wait_for
 
 pytestmark = pytest.mark.integration
@@ -276,13 +276,16 @@ def test_taskmanager_kill_9(fault_stack, days):
 
     def inject(_load):
         before = restarts(cfg, job_id)
+        attempts_before = task_attempts(cfg, job_id)
+        assert attempts_before is not None
         t0 = time.monotonic()
         os.kill(Managed("flink-taskmanager", cfg.run_dir, cfg.log_dir).pid(), signal.SIGKILL)
         launcher.up(cfg, ["flink"], timeout_s=180, log=_quiet)  # the project's command restarts it
-        assert wait_for(lambda: restarts(cfg, job_id) > before and job_running(cfg, job_id),
+        assert wait_for(lambda: job_running(cfg, job_id) and (task_attempts(cfg, job_id) or 0) > attempts_before,
                         timeout_s=300, interval_s=0.5), "job did not restart and recover"
         return {"recovered_s": time.monotonic() - t0,
-                "extra": f"job restarted from its checkpoint ({restarts(cfg, job_id) - before} restart(s))"}
+                "extra": f"job restarted from its checkpoint (task attempts {attempts_before} -> "
+                         f"{task_attempts(cfg, job_id)}, numRestarts {before} -> {restarts(cfg, job_id)})"}
 
     run_phase(fault_stack, days, "Flink TaskManager kill -9", "f-taskmanager", inject)
 
