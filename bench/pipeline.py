@@ -315,6 +315,8 @@ def main(argv):
     parser.add_argument("--live-rate", type=float, default=5_000, help="live points/s for freshness")
     parser.add_argument("--grace-seconds", type=int, default=1)
     parser.add_argument("--no-sql-only", action="store_true", help="skip the run with a discarding sink")
+    parser.add_argument("--object-reuse-off-too", action="store_true",
+                        help="repeat the discarding run with pipeline.object-reuse off (the job's setting before)")
     args = parser.parse_args(argv)
 
     base_cfg = TallyConfig.from_env()
@@ -350,10 +352,15 @@ def main(argv):
         fill_s, start_ms = fill_backlog(cfg, factory, args.points, event_seconds, args.producers)
         print(f"backlog   {args.points:,} points produced in {fill_s:.1f}s (before the job runs)", flush=True)
         if not args.no_sql_only:
-            rate, _, _, cpu = drain(cfg, base_cfg, args.points, "discard", cfg.consumer_group + "-sql")
-            print(f"sql only  (buckets discarded in Java): read {rate:,.0f} points/s, ratio to baseline "
-                  f"{rate / baseline:.3f}; CPU s: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items())),
-                  flush=True)
+            for reuse in ((True, False) if args.object_reuse_off_too else (True,)):
+                run_cfg = dataclasses.replace(cfg, job_object_reuse=reuse)
+                rate, _, _, cpu = drain(run_cfg, base_cfg, args.points, "discard",
+                                        f"{cfg.consumer_group}-sql-{int(reuse)}")
+                print(f"sql only  (buckets discarded in Java{'' if reuse else ', object reuse OFF'}): read "
+                      f"{rate:,.0f} points/s, ratio to baseline {rate / baseline:.3f}; CPU s: "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items()))
+                      + f"; {args.points / max(cpu.get('flink-taskmanager', 0), 1e-9):,.0f} points per "
+                        f"TaskManager CPU-second", flush=True)
         rate, rows, seconds, cpu = drain(cfg, base_cfg, args.points, "production", cfg.consumer_group)
         cpu_total = sum(cpu.values())
         print(f"tally     read {rate:,.0f} points/s (steady 10–90 %), ratio to baseline {rate / baseline:.3f}", flush=True)

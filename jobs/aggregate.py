@@ -138,6 +138,14 @@ def _EVENT_TIME_SCHEMA():
             .watermark("rt", "SOURCE_WATERMARK()").build())
 
 
+def _flag_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def parse_config(argv: list[str]) -> TallyConfig:
     """TALLY_* environment settings, overridden by command-line flags."""
     return parse_args(argv)[0]
@@ -151,6 +159,7 @@ def parse_args(argv: list[str]) -> tuple[TallyConfig, str]:
         "grace_seconds": int, "source_idle_timeout_seconds": int, "points_topic": str, "series_topic": str,
         "late_topic": str, "keyspace": str, "consumer_group": str, "job_parallelism": int,
         "salt_buckets": int, "checkpoint_interval_seconds": int, "sink_batch_shards": int, "sink_bundle_ms": int,
+        "job_object_reuse": _flag_bool,
     }
     for name, kind in flags.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(cfg, name))
@@ -169,6 +178,7 @@ def main(argv: list[str]) -> None:
     # Elements reach the Python sink when a bundle is cut: every 100 ms instead of the
     # default 1 s, since each element is a whole batch of buckets and freshness counts.
     conf.set_string("python.fn-execution.bundle.time", str(cfg.sink_bundle_ms))
+    conf.set_string("pipeline.object-reuse", "true" if cfg.job_object_reuse else "false")
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.job_parallelism)
     env.enable_checkpointing(cfg.checkpoint_interval_seconds * 1000, CheckpointingMode.EXACTLY_ONCE)

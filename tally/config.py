@@ -98,6 +98,9 @@ class TallyConfig:
     checkpoint_interval_seconds: int = 10
     sink_batch_shards: int = 8  # bucket batches per (tier, tenant, window): sink record size
     sink_bundle_ms: int = 100  # longest wait of a bucket batch before the Python sink gets it
+    # Chained operators hand records over without a defensive copy (pipeline.object-reuse):
+    # the SQL operators are written for it; off, every chained hop copies the row.
+    job_object_reuse: bool = True
     # HTTP API keys (tally.auth YAML); None = authentication off, tenant from X-Scope-OrgID.
     api_keys_file: Path | None = None
     # Rollup rules (tally.rollup YAML): producers map series to rollup series, the query
@@ -185,6 +188,7 @@ class TallyConfig:
             consumer_group=env.get("TALLY_CONSUMER_GROUP", cls.consumer_group),
             job_parallelism=_env_int(env, "TALLY_JOB_PARALLELISM", cls.job_parallelism),
             salt_buckets=_env_int(env, "TALLY_SALT_BUCKETS", cls.salt_buckets),
+            job_object_reuse=env.get("TALLY_JOB_OBJECT_REUSE", "true").lower() not in ("0", "false", "no", "off"),
             api_keys_file=Path(env["TALLY_API_KEYS_FILE"]) if env.get("TALLY_API_KEYS_FILE") else None,
             rollup_rules_path=Path(env["TALLY_ROLLUP_RULES_FILE"]) if env.get("TALLY_ROLLUP_RULES_FILE") else None,
             limit_max_series_per_tenant=_env_int(env, "TALLY_LIMIT_MAX_SERIES_PER_TENANT",

@@ -79,8 +79,12 @@ def job_flags(cfg: TallyConfig) -> list[str]:
     """Command-line flags that run jobs/aggregate.py on exactly this config's topics,
     keyspace, group and tuning."""
     names = ["points_topic", "series_topic", "late_topic", "keyspace", "consumer_group", "grace_seconds",
-             "source_idle_timeout_seconds", "job_parallelism", "salt_buckets", "checkpoint_interval_seconds"]
-    return [arg for name in names for arg in ("--" + name.replace("_", "-"), str(getattr(cfg, name)))]
+             "source_idle_timeout_seconds", "job_parallelism", "salt_buckets", "checkpoint_interval_seconds",
+             "job_object_reuse"]
+    def text(value) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return [arg for name in names for arg in ("--" + name.replace("_", "-"), text(getattr(cfg, name)))]
 
 
 def remove_data(cfg: TallyConfig) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from tally import jobctl
 from tally.config import Ports, TallyConfig
 
@@ -54,3 +56,28 @@ def test_a_job_on_a_cluster_config_creates_replicated_topics_and_keyspace():
     job = jobctl._with_endpoints(TallyConfig(grace_seconds=7), cfg)
     assert (job.kafka_replication_factor, job.cassandra_replication_factor, job.cassandra_consistency) == (3, 3, "QUORUM")
     assert job.grace_seconds == 7
+
+
+def test_job_flags_round_trip_through_the_job_parser(monkeypatch):
+    """jobctl.job_flags is what `tally job submit` passes to jobs/aggregate.py: every tuning
+    value, including the object-reuse switch, comes back unchanged."""
+    import dataclasses
+
+    from jobs.aggregate import parse_args
+
+    for name in [k for k in __import__("os").environ if k.startswith("TALLY_")]:
+        monkeypatch.delenv(name)
+    for reuse in (True, False):
+        cfg = dataclasses.replace(TallyConfig(), points_topic="Bench.Points", keyspace="ks_1", grace_seconds=3,
+                                  job_parallelism=2, salt_buckets=16, job_object_reuse=reuse)
+        parsed, sink = parse_args(jobctl.job_flags(cfg) + ["--sink", "discard"])
+        assert sink == "discard" and parsed.job_object_reuse is reuse
+        assert (parsed.points_topic, parsed.keyspace, parsed.grace_seconds, parsed.job_parallelism,
+                parsed.salt_buckets) == ("Bench.Points", "ks_1", 3, 2, 16)
+    with pytest.raises(SystemExit):
+        parse_args(["--job-object-reuse", "maybe"])
+
+
+def test_object_reuse_from_the_environment():
+    assert TallyConfig.from_env({}).job_object_reuse is True
+    assert TallyConfig.from_env({"TALLY_JOB_OBJECT_REUSE": "false"}).job_object_reuse is False
