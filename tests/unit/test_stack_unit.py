@@ -34,6 +34,31 @@ def test_stale_or_reused_pid_is_never_ours(tmp_path):
     assert not proc.pid_file.exists()
 
 
+def test_a_dead_leaders_leftover_processes_are_killed(tmp_path):
+    """A TaskManager's Python workers stay in its process group after a kill -9 of the
+    TaskManager; the next look at the PID file finds the leader dead and kills the rest."""
+    m = Managed("leader", tmp_path / "run", tmp_path / "logs")
+    pid = m.start(["bash", "-c", "sleep 300 & echo $! > child.pid; wait"], os.environ, tmp_path)
+    child_file = tmp_path / "child.pid"
+    deadline = time.monotonic() + 10
+    while not (child_file.exists() and child_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(child_file.read_text())
+    os.kill(pid, 9)  # the leader dies, its child lives on in the group
+    os.waitpid(pid, 0)
+    assert os.getpgid(child) == pid
+    assert m.pid() is None  # stale: the leftover group is killed
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the orphaned child of the dead leader is still alive")
+
+
 def test_taken_port_gives_one_line_remedy():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
