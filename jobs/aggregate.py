@@ -40,7 +40,7 @@ import sys
 from typing import Callable
 
 from tally import aggsql
-from tally.config import TallyConfig
+from tally.config import TallyConfig, parse_bool
 
 JOB_NAME = "tally-aggregate"
 
@@ -138,14 +138,6 @@ def _EVENT_TIME_SCHEMA():
             .watermark("rt", "SOURCE_WATERMARK()").build())
 
 
-def _flag_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def parse_config(argv: list[str]) -> TallyConfig:
     """TALLY_* environment settings, overridden by command-line flags."""
     return parse_args(argv)[0]
@@ -159,7 +151,7 @@ def parse_args(argv: list[str]) -> tuple[TallyConfig, str]:
         "grace_seconds": int, "source_idle_timeout_seconds": int, "points_topic": str, "series_topic": str,
         "late_topic": str, "keyspace": str, "consumer_group": str, "job_parallelism": int,
         "salt_buckets": int, "checkpoint_interval_seconds": int, "sink_batch_shards": int, "sink_bundle_ms": int,
-        "job_object_reuse": _flag_bool,
+        "job_object_reuse": parse_bool,
     }
     for name, kind in flags.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(cfg, name))

@@ -16,6 +16,26 @@ from typing import Mapping
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def parse_bool(text: str) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case); anything else is a ValueError."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse_bool(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be true or false, got {raw!r}") from None
+
+
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -188,7 +208,7 @@ class TallyConfig:
             consumer_group=env.get("TALLY_CONSUMER_GROUP", cls.consumer_group),
             job_parallelism=_env_int(env, "TALLY_JOB_PARALLELISM", cls.job_parallelism),
             salt_buckets=_env_int(env, "TALLY_SALT_BUCKETS", cls.salt_buckets),
-            job_object_reuse=env.get("TALLY_JOB_OBJECT_REUSE", "true").lower() not in ("0", "false", "no", "off"),
+            job_object_reuse=_env_bool(env, "TALLY_JOB_OBJECT_REUSE", cls.job_object_reuse),
             api_keys_file=Path(env["TALLY_API_KEYS_FILE"]) if env.get("TALLY_API_KEYS_FILE") else None,
             rollup_rules_path=Path(env["TALLY_ROLLUP_RULES_FILE"]) if env.get("TALLY_ROLLUP_RULES_FILE") else None,
             limit_max_series_per_tenant=_env_int(env, "TALLY_LIMIT_MAX_SERIES_PER_TENANT",

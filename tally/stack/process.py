@@ -56,8 +56,9 @@ class Managed:
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
-        if _start_ticks(pid) != ticks:
-            if _start_ticks(pid) is None:
+        now_ticks = _start_ticks(pid)
+        if now_ticks != ticks:
+            if now_ticks is None:
                 _kill_orphaned_group(pid)
             self.pid_file.unlink(missing_ok=True)
             return None
@@ -125,22 +126,6 @@ class Managed:
             return ""
 
 
-def _group_members(pgid: int) -> list[int]:
-    """PIDs of the live processes whose process group is ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
 def _kill_orphaned_group(pgid: int) -> None:
     """Kill what is left of the process group of a process we started that has died.
 
@@ -148,10 +133,8 @@ def _kill_orphaned_group(pgid: int) -> None:
     stays in that group: a TaskManager's Python workers outlive a ``kill -9`` of the
     TaskManager and would stay behind, idle and holding memory, after ``tally stack up``
     starts a new one.  Called only when the leader is gone: Linux does not hand out a
-    PID while a process group of that number exists, so the members are ours."""
-    members = _group_members(pgid)
-    if not members:
-        return
+    PID while a process group of that number exists, so the members are ours (and with
+    no members left, killpg finds no group)."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:

@@ -294,7 +294,7 @@ def test_taskmanager_kill_9_recovers_exactly(pipeline, regions, stack_cfg):
     launcher.up(stack_cfg, ["flink"])  # the project's own command restarts the TaskManager
     producer.close()
 
-    def recovered():  # every task redeployed since the kill (tally.faults_support.task_attempts) and running
+    def recovered():  # every task redeployed since the kill (tests.integration.faults_support.task_attempts) and running
         return job_running(cfg, job_id) and (task_attempts(cfg, job_id) or 0) > attempts_before
 
     assert wait_for(recovered, timeout_s=240, interval_s=0.5), "job did not restart and recover"

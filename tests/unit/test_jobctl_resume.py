@@ -81,3 +81,5 @@ def test_job_flags_round_trip_through_the_job_parser(monkeypatch):
 def test_object_reuse_from_the_environment():
     assert TallyConfig.from_env({}).job_object_reuse is True
     assert TallyConfig.from_env({"TALLY_JOB_OBJECT_REUSE": "false"}).job_object_reuse is False
+    with pytest.raises(ValueError, match="TALLY_JOB_OBJECT_REUSE must be true or false"):
+        TallyConfig.from_env({"TALLY_JOB_OBJECT_REUSE": "maybe"})
