@@ -40,7 +40,6 @@ import dataclasses
 import http.client
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,16 +59,11 @@ from tally.config import TallyConfig  # noqa: E402
 from tally.schema import redis_layout  # noqa: E402
 from tally.series import series_id  # noqa: E402
 from tally.sketch import Sketch  # noqa: E402
+from tally.stack.process import free_port  # noqa: E402
 
 TENANT = "bench"
 REGIONS = ("us-east", "us-west", "eu-west", "ap-south")
 MIN, HOUR, SEC = 60_000, 3_600_000, 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- data --------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,27 +13,16 @@ import urllib.request
 from pathlib import Path
 
 from tally.config import REPO_ROOT
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1."""
-    while True:
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
+from tally.stack.process import free_port
 
 
 class AgentProcess:
     """`python -m tally.cli agent` with its own home, ports, topics and tenant."""
 
     def __init__(self, home: Path, points_topic: str, series_topic: str, tenant: str, kafka_port: int,
-                 workers: int = 2, extra_env: dict | None = None):
+                 workers: int = 2, extra_env: dict | None = None, grace_seconds: int | None = None):
+        """``grace_seconds``: the job's grace (the workers keep within it of each other,
+        tally.agent.sender.Progress); the environment's TALLY_GRACE_SECONDS when None."""
         self.home = home
         self.statsd_port = free_port()
         self.http_port = free_port()
@@ -42,6 +30,7 @@ class AgentProcess:
                     "TALLY_AGENT_HTTP_PORT": str(self.http_port), "TALLY_POINTS_TOPIC": points_topic,
                     "TALLY_SERIES_TOPIC": series_topic, "TALLY_AGENT_TENANT": tenant,
                     "TALLY_AGENT_WORKERS": str(workers), "TALLY_KAFKA_PORT": str(kafka_port),
+                    **({"TALLY_GRACE_SECONDS": str(grace_seconds)} if grace_seconds is not None else {}),
                     **(extra_env or {})}
         self.proc: subprocess.Popen | None = None
         self.log_path = home / "agent.log"

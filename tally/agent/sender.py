@@ -9,14 +9,25 @@ everything before it was sent); every ``retry_seconds`` the oldest spooled batch
 and batches are replayed one by one, oldest first, with their original producer id and
 sequence numbers.  Records of a failed batch that did reach Kafka are thus sent again with
 the same (pid, seq) and dropped by the job's deduplication: no loss, no double count.
+
+The job's event time is per Kafka partition, and every worker of an agent writes to every
+partition, so one worker running ahead of a sibling would make the sibling's points late
+beyond grace (fault suite: under load, a worker whose batch lagged by more than the grace
+lost it).  The workers therefore share their progress (:class:`Progress`, one small file per
+worker): a worker sends a batch only when no live sibling is more than the grace behind it,
+and a tick only up to what every live sibling has delivered.  A sibling that has not
+advanced for ``Progress.stale_seconds`` (dead, or its Kafka gone) no longer holds the others.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from tally import point as points
@@ -59,18 +70,65 @@ class AgentProducer(PointProducer):
             pass
 
 
+class Progress:
+    """What each worker of one agent has delivered, shared through one file per worker in
+    ``directory``: worker i's file holds P (epoch ms) such that every point of worker i
+    before P is acknowledged by Kafka.  A file not rewritten for ``stale_seconds`` is
+    ignored: its worker is dead or cannot reach Kafka, and must not hold the others."""
+
+    def __init__(self, directory: Path, index: int, workers: int, stale_seconds: float = 10.0):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.index = index
+        self.stale_seconds = stale_seconds
+        self._siblings = [self.directory / f"worker-{i}" for i in range(workers) if i != index]
+        self._own = self.directory / f"worker-{index}"
+
+    def publish(self, through_ms: int) -> None:
+        tmp = self._own.with_suffix(".tmp")
+        tmp.write_text(str(int(through_ms)))
+        os.replace(tmp, self._own)
+
+    def refresh(self) -> None:
+        """Keep the own file live without moving it (a restart with a spool to replay: the
+        spooled points come after what the file says)."""
+        try:
+            os.utime(self._own)
+        except FileNotFoundError:
+            pass
+
+    def siblings_through(self) -> int | None:
+        """The smallest P of the live siblings, None when no sibling is live."""
+        low = None
+        now = time.time()
+        for path in self._siblings:
+            try:
+                if now - path.stat().st_mtime > self.stale_seconds:
+                    continue
+                value = int(path.read_text())
+            except (FileNotFoundError, ValueError):
+                continue  # not written yet, or replaced between stat and read
+            low = value if low is None else min(low, value)
+        return low
+
+
 class Sender(threading.Thread):
     """Delivers batches in order; spools and replays while Kafka is away."""
 
     def __init__(self, spool: Spool, make_producer: Callable[[], AgentProducer], stats: dict,
                  retry_seconds: float = 5.0, ack_timeout_seconds: float = 10.0,
-                 hold_ticks: Callable[[], bool] | None = None):
+                 hold_ticks: Callable[[], bool] | None = None, progress: Progress | None = None,
+                 grace_ms: int = 0):
         super().__init__(name="tally-agent-sender", daemon=True)
         self.spool = spool
         # True while another producer of this agent still replays spooled points: the job's
         # event time is per Kafka partition, not per producer, so a tick now would make
         # those points late beyond grace.
         self.hold_ticks = hold_ticks
+        # The sibling workers' progress (None: a lone sender) and the job's grace: a batch
+        # waits while a live sibling is more than the grace behind it.
+        self.progress = progress
+        self.grace_ms = grace_ms
         self.make_producer = make_producer
         self.stats = stats
         self.retry_seconds = retry_seconds
@@ -80,7 +138,8 @@ class Sender(threading.Thread):
         self._next_try = 0.0
         self._tick_due: int | None = None
         self._stopping = threading.Event()
-        for name in ("points_flushed", "points_spooled", "spool_dropped", "points_replayed", "batches_failed"):
+        for name in ("points_flushed", "points_spooled", "spool_dropped", "points_replayed", "batches_failed",
+                     "sibling_waits", "sibling_wait_seconds"):
             stats.setdefault(name, 0)
         stats["kafka_up"] = 0
         self._update_spool_stats()
@@ -96,6 +155,13 @@ class Sender(threading.Thread):
         self.join(timeout_s)
 
     def run(self) -> None:
+        if self.progress is not None:
+            if len(self.spool):
+                self.progress.refresh()
+            else:
+                self.progress.publish(int(time.time()) * 1000)  # nothing older is pending
+        if not len(self.spool):
+            self._connect()  # now, not with the first batch: a slow start would make it late
         while True:
             try:
                 item = self.queue.get(timeout=0.5)
@@ -122,37 +188,83 @@ class Sender(threading.Thread):
     def _handle(self, batch: Batch, tick_ms: int | None) -> None:
         if len(self.spool) and time.monotonic() >= self._next_try:
             self._replay()
+        batch.tick_ms = tick_ms
         if batch.points:
+            if not len(self.spool):
+                self._wait_for_siblings(batch)
             if len(self.spool) or not self._try(batch):
                 self._to_spool(batch)
             else:
                 self.stats["points_flushed"] += len(batch.points)
         if tick_ms is not None:
             self._tick_due = tick_ms
+            if not len(self.spool):
+                self._delivered_through(tick_ms)
         self._send_tick()
 
+    def _delivered_through(self, ts_ms: int) -> None:
+        if self.progress is not None:
+            self.progress.publish(ts_ms)
+
+    def _wait_for_siblings(self, batch: Batch) -> None:
+        """Hold a batch (fresh or replayed) that ends before its tick while a live sibling
+        has not delivered every second before tick - 1 s - grace: delivered now, its last
+        second would move the partitions' event time past the sibling's pending points.
+        While it waits, the worker publishes the batch's first second as its own progress
+        (everything before it is delivered), so a sibling waiting on it is never held."""
+        if self.progress is None or batch.tick_ms is None:
+            return
+        need = batch.tick_ms - 1000 - self.grace_ms
+        start = time.monotonic()
+        waiting = False
+        while not self._stopping.is_set():
+            low = self.progress.siblings_through()
+            if low is None or low >= need:
+                break
+            if not waiting:
+                waiting = True
+                self._delivered_through(min(json.loads(rec)["ts"] for _, rec in batch.points))
+            time.sleep(0.05)
+        if waiting:
+            self.stats["sibling_waits"] += 1
+            self.stats["sibling_wait_seconds"] += time.monotonic() - start
+
     def _send_tick(self) -> None:
-        """Send the newest tick asked for, unless spooled points would make it a lie."""
+        """Send the newest tick asked for, unless spooled points would make it a lie; never
+        beyond what every live sibling worker has delivered."""
         if self._tick_due is None or len(self.spool) or self._producer is None:
             return
         if self.hold_ticks is not None and self.hold_ticks():
             return
+        tick = self._tick_due
+        if self.progress is not None:
+            low = self.progress.siblings_through()
+            if low is not None and low < tick:
+                tick = low  # the rest follows with a later tick
         try:
-            self._producer.tick(self._tick_due)
+            self._producer.tick(tick)
             self._tick_due = None
         except Exception as exc:  # noqa: BLE001 - a lost tick only delays event time
             log.warning("watermark tick failed: %s", exc)
 
+    def _connect(self) -> bool:
+        """Create the Kafka client if there is none and it is time to try; False when Kafka
+        is unreachable (the next try is in ``retry_seconds``)."""
+        if self._producer is not None:
+            return True
+        if time.monotonic() < self._next_try:
+            return False
+        try:
+            self._producer = self.make_producer()
+        except Exception as exc:  # noqa: BLE001 - Kafka unreachable: spool
+            log.warning("Kafka unreachable (%s); spooling", exc)
+            self._down()
+            return False
+        return True
+
     def _try(self, batch: Batch) -> bool:
-        if self._producer is None:
-            if time.monotonic() < self._next_try:
-                return False
-            try:
-                self._producer = self.make_producer()
-            except Exception as exc:  # noqa: BLE001 - Kafka unreachable: spool
-                log.warning("Kafka unreachable (%s); spooling", exc)
-                self._down()
-                return False
+        if not self._connect():
+            return False
         try:
             self._producer.deliver(batch, self.ack_timeout_seconds)
         except Exception as exc:  # noqa: BLE001 - any delivery failure: spool the batch
@@ -184,12 +296,19 @@ class Sender(threading.Thread):
             if head is None:
                 break
             path, batch = head
+            self._wait_for_siblings(batch)
             if not self._try(batch):
                 break
             self.spool.remove(path)
             self.stats["points_replayed"] += len(batch.points)
             self.stats["points_flushed"] += len(batch.points)
             self._update_spool_stats()
+            if batch.tick_ms is not None:
+                self._delivered_through(batch.tick_ms)
+            elif self.progress is not None:
+                self.progress.refresh()
+        if not len(self.spool) and self._tick_due is not None:
+            self._delivered_through(self._tick_due)
         self._update_spool_stats()
         self._send_tick()
 

@@ -19,21 +19,24 @@ from pathlib import Path
 
 @dataclass
 class Batch:
-    """Encoded points in send order and the series (sid -> (canonical key, type)) they use."""
+    """Encoded points in send order and the series (sid -> (canonical key, type)) they use;
+    ``tick_ms``: the watermark tick that followed the batch (its worker had flushed every
+    second before it), None when unknown (a batch spooled by an older version)."""
 
     points: list[tuple[int, bytes]] = field(default_factory=list)
     series: dict[int, tuple[str, str]] = field(default_factory=dict)
+    tick_ms: int | None = None
 
     def to_bytes(self) -> bytes:
         doc = {"series": [[sid, key, mtype] for sid, (key, mtype) in self.series.items()],
-               "points": [[sid, rec.decode()] for sid, rec in self.points]}
+               "points": [[sid, rec.decode()] for sid, rec in self.points], "tick": self.tick_ms}
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Batch":
         doc = json.loads(data)
         return cls(points=[(sid, rec.encode()) for sid, rec in doc["points"]],
-                   series={sid: (key, mtype) for sid, key, mtype in doc["series"]})
+                   series={sid: (key, mtype) for sid, key, mtype in doc["series"]}, tick_ms=doc.get("tick"))
 
 
 class Spool:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tally import point as points
 from tally.agent.aggregator import Aggregator, Flushed
-from tally.agent.sender import AgentProducer, Sender
+from tally.agent.sender import AgentProducer, Progress, Sender
 from tally.agent.spool import Batch, Spool
 from tally.config import TallyConfig
 from tally.limits import Limits
@@ -308,6 +308,11 @@ class SenderProcess:
             self.proc.terminate()
 
 
+def progress_dir(cfg: TallyConfig) -> Path:
+    """Where the workers share what each has delivered (tally.agent.sender.Progress)."""
+    return cfg.data_dir / "agent" / "progress"
+
+
 def siblings_spooling(cfg: TallyConfig, index: int) -> bool:
     """True while another worker of this agent holds spooled batches (on disk, so batches
     left by a previous run count too): until they are replayed, no worker may send a tick
@@ -324,7 +329,9 @@ def _run_sender(cfg: TallyConfig, index: int, producer_id: str, q, stats_queue, 
     stats: dict = {"worker": index, "role": "sender"}
     sender = Sender(Spool(spool_dir(cfg, index), cfg.agent_spool_max_mb * 1024 * 1024),
                     lambda: AgentProducer(cfg, producer_id), stats, retry_seconds=cfg.agent_kafka_retry_seconds,
-                    hold_ticks=lambda: siblings_spooling(cfg, index))
+                    hold_ticks=lambda: siblings_spooling(cfg, index),
+                    progress=Progress(progress_dir(cfg), index, cfg.agent_workers) if cfg.agent_workers > 1 else None,
+                    grace_ms=cfg.grace_seconds * 1000)
     sender.start()
     last_report = 0.0
     while True:

@@ -7,6 +7,7 @@ kernel reused for an unrelated process is never mistaken for ours and never kill
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -156,6 +157,33 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on host, below the kernel's ephemeral range: a port
+    the kernel hands out (port 0) can be taken by any outgoing connection before the server
+    meant to use it binds it (a private stack's Cassandra lost its storage port that way)."""
+    first_ephemeral = _ephemeral_range()[0]
+    low = max(1024, first_ephemeral - 12_000)
+    high = max(low + 1000, first_ephemeral)
+    while True:
+        port = random.randrange(low, high)
+        try:
+            with socket.socket() as t:
+                t.bind((host, port))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((host, port))
+            return port
+        except OSError:
+            continue
 
 
 def require_free(host: str, port: int, what: str, env_name: str) -> None:

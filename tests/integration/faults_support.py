@@ -17,11 +17,11 @@ import urllib.request
 from pathlib import Path
 
 from tally import point as points
-from tally.agent.process import free_port
 from tally.config import Ports, TallyConfig
 from tally.producer import PointProducer
 from tally.series import series_id
 from tally.sketch import Sketch
+from tally.stack.process import free_port
 from tests.integration.truth import expected_buckets, read_buckets
 
 DAY_MS = 86_400_000

@@ -20,9 +20,10 @@ from collections import defaultdict
 
 import pytest
 
-from tally.agent.process import AgentProcess, free_port
+from tally.agent.process import AgentProcess
 from tally.producer import ensure_topic
 from tally.stack import launcher
+from tally.stack.process import free_port
 
 pytestmark = pytest.mark.integration
 OUTAGE_S = 60

@@ -17,14 +17,13 @@ import urllib.request
 
 import pytest
 
-from sinks.redis_cache import quality_key
 from tally.producer import PointProducer
 from tally.series import series_id
 from tally.sketch import Sketch
 from tally.stack import launcher
 from tally.stack.process import Managed
 from tests.integration.faults_support import job_running, task_attempts
-from tests.integration.truth import exact_quantile, expected_buckets, read_buckets, wait_for
+from tests.integration.truth import dq_counters, exact_quantile, expected_buckets, read_buckets, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -124,16 +123,6 @@ def test_every_tier_equals_ground_truth(pipeline, regions):
     assert checked > 0
 
 
-def late_counter(cfg, tenant):
-    import redis
-
-    client = redis.Redis.from_url(cfg.redis_url)
-    try:
-        return {k.decode(): float(v) for k, v in client.hgetall(quality_key(cfg.keyspace, tenant)).items()}
-    finally:
-        client.close()
-
-
 def read_late_topic(cfg, tenant, timeout_s=30):
     from kafka import KafkaConsumer
 
@@ -179,7 +168,7 @@ def test_late_data_on_time_within_grace_beyond_grace(pipeline, regions):
     late = read_late_topic(cfg, "t-late")
     assert [(r["ts"], r["sum"]) for r in late] == [(t + 10_300, 100.0)]
     counters = wait_for(lambda: (lambda c: c if c.get("late_beyond_grace:1s") else None)(
-        late_counter(cfg, "t-late")), timeout_s=60)
+        dq_counters(cfg, "t-late")), timeout_s=60)
     assert counters["late_beyond_grace:1s"] == 1.0 and counters["late_beyond_grace:1d"] == 1.0
 
 
@@ -202,7 +191,7 @@ def test_replays_are_counted_once(pipeline, regions):
     tick(cfg, base + 3_600_000 * 2)
     assert_buckets_equal_truth(cfg, "t-dup", [s, timer], events, tiers={"1s", "10s", "1m", "1h"})
     counters = wait_for(lambda: (lambda c: c if c.get("duplicates_dropped", 0) >= 800 else None)(
-        late_counter(cfg, "t-dup")), timeout_s=60)
+        dq_counters(cfg, "t-dup")), timeout_s=60)
     assert counters and counters["duplicates_dropped"] == 800.0
 
 

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from tally.producer import PointProducer
 from tally.query.engine import QueryEngine
 from tally.query.store import BucketStore
 from tally.series import series_id
+from tally.stack.process import free_port
 from tests.integration.truth import exact_quantile, wait_for
 
 pytestmark = pytest.mark.integration
@@ -35,12 +35,6 @@ TENANT = "qtest"
 KEY = "query-test-key-123"
 HOSTS = (("h1", "eu"), ("h2", "eu"), ("h3", "us"), ("h4", "us"))
 PROMTOOL = "/usr/bin/promtool"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_value(hi: int, second: int) -> float:

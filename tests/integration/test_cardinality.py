@@ -110,6 +110,7 @@ def sent(pipeline, tmp_path_factory):
                           TALLY_LIMIT_MAX_LABEL_VALUES_PER_METRIC_LABEL=str(LIMIT_B),
                           TALLY_RELABEL_RULES_PATH=str(rules))
     agent = AgentProcess(tmp / "agent", cfg.points_topic, cfg.series_topic, AGENT_TENANT, cfg.ports.kafka, workers=1,
+                         grace_seconds=cfg.grace_seconds,
                          extra_env={"TALLY_LIMIT_MAX_LABEL_VALUES_PER_METRIC_LABEL": str(LIMIT_AGENT),
                                     "TALLY_RELABEL_RULES_PATH": str(rules)}).start()
     try:

@@ -18,10 +18,11 @@ import time
 
 import pytest
 
-from tally.agent.process import AgentProcess, free_port
+from tally.agent.process import AgentProcess
 from tally.client import KafkaClient
 from tally.series import series_id
 from tally.sketch import Sketch
+from tally.stack.process import free_port
 from tests.integration.truth import exact_quantile, expected_buckets, read_buckets, wait_for
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,7 @@ TENANT = "it-clients"
 def agent(pipeline, tmp_path_factory):
     cfg, _job = pipeline
     proc = AgentProcess(tmp_path_factory.mktemp("agent"), cfg.points_topic, cfg.series_topic, TENANT,
-                        cfg.ports.kafka).start()
+                        cfg.ports.kafka, grace_seconds=cfg.grace_seconds).start()
     yield cfg, proc
     proc.stop()
 

@@ -35,15 +35,15 @@ import time
 import pytest
 
 from tally import jobctl
-from tally.agent.process import AgentProcess, free_port
+from tally.agent.process import AgentProcess
 from tally.config import TallyConfig
 from tally.producer import PointProducer
 from tally.series import series_id
 from tally.stack import launcher
-from tally.stack.process import Managed
+from tally.stack.process import Managed, free_port
 from tests.integration.faults_support import (DAY_MS, Load, compare_with_truth, descendants, job_running,
                                               private_config, restarts, task_attempts)
-from tests.integration.truth import expected_buckets, wait_for
+from tests.integration.truth import dq_counters, expected_buckets, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -188,7 +188,7 @@ def test_agent_kill_9_spool_replays_on_restart(fault_stack, tmp_path):
     tenant = "f-agent"
     home = tmp_path / "agent"
     topics = (cfg.points_topic, cfg.series_topic)
-    agent = AgentProcess(home, *topics, tenant, kafka_port=free_port()).start()  # nothing listens there
+    agent = AgentProcess(home, *topics, tenant, kafka_port=free_port(), grace_seconds=cfg.grace_seconds).start()  # nothing listens there
     load = StatsdLoad(agent.statsd_port)
     load.start()
     time.sleep(10)
@@ -215,7 +215,7 @@ def test_agent_kill_9_spool_replays_on_restart(fault_stack, tmp_path):
     killed = _kill_tree(agent.proc.pid)
     agent.proc.wait()
 
-    restarted = AgentProcess(home, *topics, tenant, kafka_port=cfg.ports.kafka)
+    restarted = AgentProcess(home, *topics, tenant, kafka_port=cfg.ports.kafka, grace_seconds=cfg.grace_seconds)
     restarted.statsd_port, restarted.http_port = agent.statsd_port, agent.http_port
     restarted.env.update(TALLY_STATSD_PORT=str(agent.statsd_port), TALLY_AGENT_HTTP_PORT=str(agent.http_port))
     restarted.start()
@@ -234,6 +234,9 @@ def test_agent_kill_9_spool_replays_on_restart(fault_stack, tmp_path):
         load2.join()
         assert wait_for(lambda: restarted.metrics().get("tally_agent_received_lines_total", 0) >= len(load2.lines),
                         timeout_s=30, interval_s=0.5)
+        time.sleep(3)  # the last flush delivered
+        agent_after = {k: v for k, v in restarted.metrics().items()
+                       if k.startswith(("tally_agent_batches_failed", "tally_agent_points_", "tally_agent_sibling_"))}
     finally:
         restarted.stop()
     # Close today's day (every later phase works on later days).
@@ -245,10 +248,16 @@ def test_agent_kill_9_spool_replays_on_restart(fault_stack, tmp_path):
 
     events = [(series_id(tenant, "fault_agent_requests", {"shard": str(shard)}).id, sec * 1000, 1.0, 1.0)
               for shard, sec in load.lines + load2.lines]
-    figures = compare_with_truth(cfg, tenant, events)
+    try:
+        figures = compare_with_truth(cfg, tenant, events)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nrestarted agent: {agent_after}; job's late counters: "
+                             f"{dq_counters(cfg, tenant)}") from None
     _report("agent kill -9 (spool replay)", recovered_s, time.monotonic() - killed_at, figures,
             f"{killed} agent processes killed with {len(batches)} batches / {spooled:g} points spooled; "
-            f"{replayed_points:g} points replayed; {before} + {len(load2.lines)} lines sent")
+            f"{replayed_points:g} points replayed; {before} + {len(load2.lines)} lines sent; batches held for a "
+            f"sibling worker {_agent_sum(agent_after, 'tally_agent_sibling_waits_total'):g} "
+            f"({_agent_sum(agent_after, 'tally_agent_sibling_wait_seconds_total'):.1f} s)")
     assert figures["count_total"] == len(load.lines) + len(load2.lines)
 
 
@@ -447,7 +456,8 @@ def test_duplicate_storm_agent_spool_replayed_three_times(fault_stack, days, tmp
     spool = Spool(spool_dir(agent_cfg, 0), 64 * 1024 * 1024)
     for _ in range(3):
         assert spool.append(batch)
-    agent = AgentProcess(home, cfg.points_topic, cfg.series_topic, tenant, cfg.ports.kafka).start()
+    agent = AgentProcess(home, cfg.points_topic, cfg.series_topic, tenant, cfg.ports.kafka,
+                         grace_seconds=cfg.grace_seconds).start()
     try:
         m = wait_for(lambda: (lambda m: m if _agent_sum(m, "tally_agent_spool_batches{") == 0
                               and _agent_sum(m, "tally_agent_points_replayed_total") >= 1500 else None)(agent.metrics()),

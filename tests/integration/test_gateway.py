@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tally.series import series_id
+from tally.stack.process import free_port
 from tests.integration.truth import expected_buckets, read_buckets, wait_for
 
 pytestmark = pytest.mark.integration
@@ -32,12 +32,6 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 KEY = "it-gateway-key-1"
 TENANT = "gwtest"
 TICK_LAG_S = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout_s: float = 30) -> None:

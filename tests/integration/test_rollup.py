@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.parse
@@ -28,6 +27,7 @@ from tally.producer import PointProducer
 from tally.rollup import ROLLUP_LABEL, load_rules
 from tally.series import series_id
 from tally.sketch import Sketch
+from tally.stack.process import free_port
 from tests.integration.truth import exact_quantile, expected_buckets, read_buckets, wait_for
 
 pytestmark = pytest.mark.integration
@@ -50,12 +50,6 @@ rollups:
     by: [queue]
     drop_raw: true
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rollup_sid(name: str, rule: str, **kept) -> int:

@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from sinks.redis_cache import quality_key
 from tally.cql import connect
 from tally.tiers import DEFAULT_TIERS
 
@@ -65,3 +66,14 @@ def wait_for(predicate, timeout_s=180, interval_s=2.0):
         time.sleep(interval_s)
         value = predicate()
     return value
+
+
+def dq_counters(cfg, tenant) -> dict[str, float]:
+    """The job's data-quality counters of a tenant (late, duplicates, ...) from Redis."""
+    import redis
+
+    client = redis.Redis.from_url(cfg.redis_url)
+    try:
+        return {k.decode(): float(v) for k, v in client.hgetall(quality_key(cfg.keyspace, tenant)).items()}
+    finally:
+        client.close()
