@@ -60,14 +60,21 @@ def _columns_ddl(columns) -> str:
 
 
 def _kafka_json_source(cfg: TallyConfig, topic: str, group: str) -> str:
-    """WITH options of a JSON Kafka source resuming from its group's committed offsets."""
+    """WITH options of a JSON Kafka source resuming from its group's committed offsets.
+    Format ``tally-json`` (jobs/udf, TallyJsonFormatFactory) is Flink's JSON format that
+    skips a record that is not a JSON object and counts it in the source's metric
+    ``tallyUnparseableRecords`` (UNPARSEABLE_METRIC), where plain ``json`` either fails the job
+    or, with ignore-parse-errors, skips it without a trace."""
     return f"""'connector' = 'kafka',
   'topic' = '{topic}',
   'properties.bootstrap.servers' = '{cfg.kafka_bootstrap}',
   'properties.group.id' = '{group}',
   'properties.auto.offset.reset' = 'earliest',
   'scan.startup.mode' = 'group-offsets',
-  'format' = 'json'"""
+  'format' = 'tally-json'"""
+
+
+UNPARSEABLE_METRIC = "tallyUnparseableRecords"  # jobs/udf CountingJsonDeserializationSchema.METRIC
 
 
 def kafka_points_ddl(cfg: TallyConfig, table: str = "points") -> str:
@@ -81,10 +88,9 @@ CREATE TEMPORARY TABLE {table} (
   WATERMARK FOR rt AS rt - INTERVAL '{cfg.grace_seconds}' SECOND
 ) WITH (
   {_kafka_json_source(cfg, cfg.points_topic, cfg.consumer_group)},
-  'json.fail-on-missing-field' = 'false',
   -- A field of the wrong type becomes NULL and the record gets status 'rejected' (counted);
-  -- bytes that are not JSON at all are skipped by the format.
-  'json.ignore-parse-errors' = 'true'
+  -- bytes that are not a JSON object are skipped and counted by the format.
+  'tally-json.fail-on-missing-field' = 'false'
 )"""
 
 

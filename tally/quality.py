@@ -121,7 +121,8 @@ def dq_report(gathered: Mapping, grace_s: float) -> dict:
     """One tenant's data-quality report from the figures ``tally.api.quality.gather`` read:
     ``counters`` (the raw dq hash or None), ``lag`` (consumer lag dict or None),
     ``watermark_ms`` (the job's event time or None), ``records_per_second`` (the job's
-    source throughput or None), ``now_ms``.
+    source throughput or None), ``unparseable_records`` (records the job's sources skipped
+    as not JSON, job-wide, or None), ``now_ms``.
 
     Bucket status: a bucket that ends at or before the job's watermark is final (the
     watermark trails the newest event time by the grace, so the grace has passed for it;
@@ -141,6 +142,8 @@ def dq_report(gathered: Mapping, grace_s: float) -> dict:
         "late_within_grace": None if counters is None else counters["late_within_grace"],
         "late_beyond_grace": None if counters is None else counters["late_beyond_grace"],
         "rejected_by_reason": None if counters is None else counters["rejected_by_reason"],
+        # not JSON at all: no tenant to charge it to, so one figure for the whole job
+        "unparseable_records": gathered.get("unparseable_records"),
         "bucket_status": {"final_before_ms": watermark, "grace_seconds": grace_s,
                           "rule": "a bucket ending at or before final_before_ms is final (repaired once "
                                   "reconciliation rewrote it); later ones are provisional"},
@@ -175,6 +178,9 @@ def prometheus_text(reports: Iterable[Mapping]) -> str:
            [({}, None if first.get("event_time_ms") is None else first["event_time_ms"] / 1000.0)])
     family("tally_dq_points_per_second", "gauge", "Records per second the job reads from the points topic.",
            [({}, first.get("points_per_second"))])
+    family("tally_dq_unparseable_records_total", "counter",
+           "Kafka records the job skipped because they were not a JSON object (since the job's last start).",
+           [({}, first.get("unparseable_records"))])
     for name, key, help_text in (
             ("tally_dq_duplicates_dropped_total", "duplicates_dropped", "Replayed points dropped by the job."),
             ("tally_dq_late_within_grace_total", "late_within_grace", "Points late within grace, kept."),

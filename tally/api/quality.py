@@ -23,7 +23,7 @@ from tally.config import TallyConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["consumer_lag", "job_watermark_ms", "job_records_per_second", "dq_counters_raw", "tenants", "gather",
+__all__ = ["consumer_lag", "job_watermark_ms", "job_records_per_second", "job_unparseable_records", "dq_counters_raw", "tenants", "gather",
            "routes"]
 
 
@@ -91,6 +91,28 @@ def job_records_per_second(cfg: TallyConfig) -> float | None:
     return float(found[0]["sum"]) if found else None
 
 
+def job_unparseable_records(cfg: TallyConfig) -> float | None:
+    """Records the running job's Kafka sources skipped because they were not a JSON object
+    (format tally-json, metric tally.aggsql.UNPARSEABLE_METRIC), summed over its source
+    subtasks; a Flink counter, so it starts again from 0 when the job restarts."""
+    from tally.aggsql import UNPARSEABLE_METRIC
+
+    jid = _running_job(cfg)
+    if jid is None:
+        return None
+    total = 0.0
+    for vertex in _rest(cfg, f"/jobs/{jid}").get("vertices", []):
+        if not vertex["name"].startswith("Source"):  # the format runs in the source vertices only
+            continue
+        base = f"/jobs/{jid}/vertices/{vertex['id']}/subtasks/metrics"
+        ids = [m["id"] for m in _rest(cfg, base) if m["id"].endswith("." + UNPARSEABLE_METRIC)
+               or m["id"] == UNPARSEABLE_METRIC]
+        if ids:
+            found = _rest(cfg, f"{base}?get={','.join(ids)}&agg=sum")
+            total += sum(float(item["sum"]) for item in found)
+    return total
+
+
 def dq_counters_raw(cfg: TallyConfig, tenant: str) -> dict:
     """The tenant's data-quality hash, as written by the job's sink."""
     import redis
@@ -124,7 +146,8 @@ def gather(cfg: TallyConfig, tenant: str) -> dict:
     out: dict = {"tenant": tenant, "now_ms": int(time.time() * 1000), "warnings": []}
     for key, probe in (("counters", lambda: dq_counters_raw(cfg, tenant)), ("lag", lambda: consumer_lag(cfg)),
                        ("watermark_ms", lambda: job_watermark_ms(cfg)),
-                       ("records_per_second", lambda: job_records_per_second(cfg))):
+                       ("records_per_second", lambda: job_records_per_second(cfg)),
+                       ("unparseable_records", lambda: job_unparseable_records(cfg))):
         try:
             out[key] = probe()
         except Exception as exc:  # noqa: BLE001 - one component down must not hide the others

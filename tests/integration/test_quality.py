@@ -6,9 +6,11 @@ Workload (private topics and keyspace, the aggregation job of the ``pipeline`` f
 200 points, then the same 200 points (same producer id and sequences) twice more, 3 points
 late within grace (a later second was already seen, their 1 s bucket has not fired), 3
 points late beyond grace (their 1 s buckets already fired), 4 records whose ``count`` is not
-a number.  Expected: duplicates dropped 400, late within grace 3 (and in their bucket), late
-beyond grace 3, rejected 4 (reason malformed_record), the consumer lag reaches 0 once the
-job caught up and committed, and the job's event time is the last tick minus the grace.
+a number, 2 records that are not JSON at all.  Expected: duplicates dropped 400, late within
+grace 3 (and in their bucket), late beyond grace 3, rejected 4 (reason malformed_record),
+unparseable 2 more than before (a job-wide figure: such a record has no tenant), the
+consumer lag reaches 0 once the job caught up and committed, and the job's event time is
+the last tick minus the grace.
 """
 
 from __future__ import annotations
@@ -62,11 +64,15 @@ def _send_workload(cfg) -> dict:
         bad = points.from_value(s, "c", BASE_MS + 41_000 + k, 1.0, producer.producer_id, producer.next_seq())
         bad["count"] = "many"
         producer.send_encoded(s.id, json.dumps(bad).encode())
+    # 2 records that are not a JSON object: skipped by the source's format, and counted.
+    for garbage in (b"count=many; not json", b"\x00\xff\xfe binary"):
+        producer.send_encoded(s.id, garbage)
     last_tick = BASE_MS + 60_000
     producer.tick(last_tick)
     producer.flush()
     producer.close()
-    return {"duplicates": 400, "grace": 3, "late": 3, "rejected": 4, "last_tick": last_tick, "sid": s.id}
+    return {"duplicates": 400, "grace": 3, "late": 3, "rejected": 4, "unparseable": 2, "last_tick": last_tick,
+            "sid": s.id}
 
 
 def _metric(text: str, name: str, **labels) -> float | None:
@@ -83,8 +89,13 @@ def test_dq_metrics_match_a_known_workload(pipeline):
     from tally.api.app import make_app
     from tally.dashboard.mount import mount
 
+    from tally.api.quality import job_unparseable_records
+
     cfg, _job_id = pipeline
+    unparseable_before = job_unparseable_records(cfg)
+    assert unparseable_before is not None  # the job runs
     expected = _send_workload(cfg)
+    expected["unparseable"] += unparseable_before
 
     async def scenario():
         app = make_app(cfg)
@@ -103,6 +114,7 @@ def test_dq_metrics_match_a_known_workload(pipeline):
                         and data["late_within_grace"] == expected["grace"]
                         and (data["rejected_by_reason"] or {}).get("malformed_record") == expected["rejected"]
                         and data["kafka_consumer_lag_records"] == 0
+                        and data["unparseable_records"] == expected["unparseable"]
                         and data["event_time_ms"] == expected["last_tick"] - cfg.grace_seconds * 1000)
                 if done or asyncio.get_running_loop().time() > deadline:
                     break
@@ -116,6 +128,7 @@ def test_dq_metrics_match_a_known_workload(pipeline):
     assert data["duplicates_dropped"] == expected["duplicates"]
     assert data["late_beyond_grace"] == expected["late"]
     assert data["rejected_by_reason"] == {"malformed_record": expected["rejected"]}
+    assert data["unparseable_records"] == expected["unparseable"]
     assert data["kafka_consumer_lag_records"] == 0, data["kafka_consumer_lag_by_partition"]
     assert data["event_time_ms"] == expected["last_tick"] - cfg.grace_seconds * 1000
     assert data["event_time_lag_seconds"] > 0 and data["points_per_second"] is not None
@@ -130,4 +143,5 @@ def test_dq_metrics_match_a_known_workload(pipeline):
     assert sum(_metric(text, "tally_dq_kafka_consumer_lag_records", partition=str(p)) or 0
                for p in range(cfg.kafka_partitions)) == 0
     assert _metric(text, "tally_dq_final_before_timestamp_seconds") == data["event_time_ms"] / 1000
+    assert _metric(text, "tally_dq_unparseable_records_total") == expected["unparseable"]
     assert "# TYPE tally_dq_duplicates_dropped_total counter" in text

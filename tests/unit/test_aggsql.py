@@ -3,7 +3,7 @@
 import re
 
 from tally import aggsql
-from tally.config import TallyConfig
+from tally.config import REPO_ROOT, TallyConfig
 from tally.tiers import DEFAULT_TIERS
 
 
@@ -99,6 +99,9 @@ def test_kafka_ddl_uses_config_not_literals():
     assert "INTERVAL '7' SECOND" in ddl and "'topic' = 't.p'" in ddl and "'properties.group.id' = 'g'" in ddl
     assert f"'properties.bootstrap.servers' = '{cfg.kafka_bootstrap}'" in ddl
     assert "METADATA FROM 'partition'" in ddl
+    assert "'format' = 'tally-json'" in ddl  # counts what is not JSON (jobs/udf TallyJsonFormatFactory)
+    java = REPO_ROOT / "jobs/udf/src/main/java/dev/tally/udf/CountingJsonDeserializationSchema.java"
+    assert f'METRIC = "{aggsql.UNPARSEABLE_METRIC}"' in java.read_text()
 
 
 def test_interval_literals_use_whole_units():
