@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import random
+import signal
 import threading
 import time
 import urllib.request
@@ -21,8 +22,8 @@ from tally.config import Ports, TallyConfig
 from tally.producer import PointProducer
 from tally.series import series_id
 from tally.sketch import Sketch
-from tally.stack.process import free_port
-from tests.integration.truth import expected_buckets, read_buckets
+from tally.stack.process import Managed, free_port
+from tests.integration.truth import expected_buckets, read_buckets, wait_for
 
 DAY_MS = 86_400_000
 # Ports of the stack's components (Tally's own servers keep theirs: tests pick free ones).
@@ -65,6 +66,19 @@ def job_running(cfg: TallyConfig, job_id: str) -> bool:
 def restarts(cfg: TallyConfig, job_id: str) -> int:
     metrics = flink_rest(cfg, f"/jobs/{job_id}/metrics?get=numRestarts")
     return int(float(metrics[0]["value"])) if metrics else 0
+
+
+def kill9(cfg: TallyConfig, name: str) -> int:
+    """SIGKILL the stack process ``name`` and wait until it is gone, as an operator would see
+    it before running ``tally stack up``: right after the signal a big JVM can still be
+    tearing down, and the launcher would find it alive and start nothing (a TaskManager-kill
+    run failed that way: no TaskManager for 5 minutes).  Returns the PID killed."""
+    managed = Managed(name, cfg.run_dir, cfg.log_dir)
+    pid = managed.pid()
+    assert pid, f"{name} is not running"
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: managed.pid() is None, timeout_s=30, interval_s=0.1), f"{name} (pid {pid}) did not die"
+    return pid
 
 
 def task_attempts(cfg: TallyConfig, job_id: str) -> int | None:

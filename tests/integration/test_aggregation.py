@@ -280,6 +280,8 @@ def test_taskmanager_kill_9_recovers_exactly(pipeline, regions, stack_cfg):
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     sender.join()
+    # gone before the launcher looks (tests.integration.faults_support.kill9 says why)
+    assert wait_for(lambda: taskmanager.pid() is None, timeout_s=30, interval_s=0.1), "the TaskManager did not die"
     launcher.up(stack_cfg, ["flink"])  # the project's own command restarts the TaskManager
     producer.close()
 

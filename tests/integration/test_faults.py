@@ -40,8 +40,8 @@ from tally.config import TallyConfig
 from tally.producer import PointProducer
 from tally.series import series_id
 from tally.stack import launcher
-from tally.stack.process import Managed, free_port
-from tests.integration.faults_support import (DAY_MS, Load, compare_with_truth, descendants, job_running,
+from tally.stack.process import free_port
+from tests.integration.faults_support import (DAY_MS, Load, compare_with_truth, descendants, job_running, kill9,
                                               private_config, restarts, task_attempts)
 from tests.integration.truth import dq_counters, expected_buckets, wait_for
 
@@ -267,9 +267,8 @@ def test_kafka_broker_kill_9(fault_stack, days):
     cfg = fault_stack["cfg"]
 
     def inject(_load):
-        kafka = Managed("kafka", cfg.run_dir, cfg.log_dir)
         t0 = time.monotonic()
-        os.kill(kafka.pid(), signal.SIGKILL)
+        kill9(cfg, "kafka")
         time.sleep(10)  # down for 10 s under load: producers buffer and retry
         launcher.up(cfg, ["kafka"], timeout_s=180, log=_quiet)
         _wait_job(cfg, fault_stack["job_id"])
@@ -288,7 +287,7 @@ def test_taskmanager_kill_9(fault_stack, days):
         attempts_before = task_attempts(cfg, job_id)
         assert attempts_before is not None
         t0 = time.monotonic()
-        os.kill(Managed("flink-taskmanager", cfg.run_dir, cfg.log_dir).pid(), signal.SIGKILL)
+        kill9(cfg, "flink-taskmanager")
         launcher.up(cfg, ["flink"], timeout_s=180, log=_quiet)  # the project's command restarts it
         assert wait_for(lambda: job_running(cfg, job_id) and (task_attempts(cfg, job_id) or 0) > attempts_before,
                         timeout_s=300, interval_s=0.5), "job did not restart and recover"
@@ -305,7 +304,7 @@ def test_jobmanager_kill_9_job_resumed_from_checkpoint(fault_stack, days):
 
     def inject(_load):
         t0 = time.monotonic()
-        os.kill(Managed("flink-jobmanager", cfg.run_dir, cfg.log_dir).pid(), signal.SIGKILL)
+        kill9(cfg, "flink-jobmanager")
         time.sleep(3)
         launcher.up(cfg, ["flink"], timeout_s=180, log=_quiet)  # a JobManager without the job
         job_id, checkpoint = jobctl.resume(cfg, "aggregate", jobctl.job_flags(cfg))  # `tally job resume`

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,8 +36,8 @@ from tally import point as points
 from tally.producer import PointProducer
 from tally.series import series_id
 from tally.stack import launcher, topology
-from tally.stack.process import Managed
 from tally.tiers import DEFAULT_TIERS, partition_start_ms
+from tests.integration.faults_support import kill9
 from tests.integration.truth import expected_buckets, read_buckets, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -146,15 +145,6 @@ def _flink(cfg, path: str):
         return json.load(r)
 
 
-def _kill9(cfg, name: str) -> int:
-    managed = Managed(name, cfg.run_dir, cfg.log_dir)
-    pid = managed.pid()
-    assert pid, f"{name} is not running"
-    os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: managed.pid() is None, timeout_s=10, interval_s=0.1)
-    return pid
-
-
 def test_node_failures_under_load_lose_nothing(cluster):
     cfg, job_id, url, startup_s = cluster
     sids = [series_id(TENANT, METRIC, {"host": f"h{i:02d}"}) for i in range(SERIES)]
@@ -224,7 +214,7 @@ def test_node_failures_under_load_lose_nothing(cluster):
                 broker = max(set(leaders), key=leaders.count)
                 victims = {"kafka": f"kafka-{broker}", "cassandra": "cassandra-1"}
                 for name in victims.values():
-                    _kill9(cfg, name)
+                    kill9(cfg, name)
                     killed[name] = time.monotonic()
             ts = int(time.time() * 1000)
             for sid in sids:
