@@ -26,24 +26,23 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
-def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+def _env_parsed(env: Mapping[str, str], name: str, default, parse, what: str):
+    """``parse`` of the variable, ``default`` when unset or empty; a ValueError names it."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return parse_bool(raw)
+        return parse(raw)
     except ValueError:
-        raise ValueError(f"{name} must be true or false, got {raw!r}") from None
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
+
+
+def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    return _env_parsed(env, name, default, parse_bool, "true or false")
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    return _env_parsed(env, name, default, int, "an integer")
 
 
 @dataclass(frozen=True)

@@ -77,12 +77,11 @@ class Progress:
     ignored: its worker is dead or cannot reach Kafka, and must not hold the others."""
 
     def __init__(self, directory: Path, index: int, workers: int, stale_seconds: float = 10.0):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.index = index
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         self.stale_seconds = stale_seconds
-        self._siblings = [self.directory / f"worker-{i}" for i in range(workers) if i != index]
-        self._own = self.directory / f"worker-{index}"
+        self._siblings = [directory / f"worker-{i}" for i in range(workers) if i != index]
+        self._own = directory / f"worker-{index}"
 
     def publish(self, through_ms: int) -> None:
         tmp = self._own.with_suffix(".tmp")

@@ -23,8 +23,8 @@ from tally.config import TallyConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["consumer_lag", "job_watermark_ms", "job_records_per_second", "job_unparseable_records", "dq_counters_raw", "tenants", "gather",
-           "routes"]
+__all__ = ["consumer_lag", "job_watermark_ms", "job_records_per_second", "job_unparseable_records",
+           "dq_counters_raw", "tenants", "gather", "routes"]
 
 
 def consumer_lag(cfg: TallyConfig, group: str | None = None, topic: str | None = None) -> dict:

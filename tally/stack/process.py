@@ -159,19 +159,18 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def _first_ephemeral_port() -> int:
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both TCP and UDP on host, below the kernel's ephemeral range: a port
     the kernel hands out (port 0) can be taken by any outgoing connection before the server
     meant to use it binds it (a private stack's Cassandra lost its storage port that way)."""
-    first_ephemeral = _ephemeral_range()[0]
+    first_ephemeral = _first_ephemeral_port()
     low = max(1024, first_ephemeral - 12_000)
     high = max(low + 1000, first_ephemeral)
     while True:

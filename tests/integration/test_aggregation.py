@@ -8,9 +8,7 @@ test works in its own event-time region, later than the previous test's (``regio
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import threading
 import time
 import urllib.request
@@ -22,7 +20,7 @@ from tally.series import series_id
 from tally.sketch import Sketch
 from tally.stack import launcher
 from tally.stack.process import Managed
-from tests.integration.faults_support import job_running, task_attempts
+from tests.integration.faults_support import job_running, kill9, task_attempts
 from tests.integration.truth import dq_counters, exact_quantile, expected_buckets, read_buckets, wait_for
 
 pytestmark = pytest.mark.integration
@@ -270,18 +268,15 @@ def test_taskmanager_kill_9_recovers_exactly(pipeline, regions, stack_cfg):
     sender = threading.Thread(target=send_rest)
     send(cfg, events[:half], producer, close=False)
     time.sleep(6)  # let a checkpoint complete mid-stream
-    taskmanager = Managed("flink-taskmanager", stack_cfg.run_dir, stack_cfg.log_dir)
-    pid = taskmanager.pid()
-    assert pid, "the TaskManager was not started by the launcher"
+    assert Managed("flink-taskmanager", stack_cfg.run_dir, stack_cfg.log_dir).pid(), \
+        "the TaskManager was not started by the launcher"
     restarts_before = _restarts(cfg, job_id)
     attempts_before = task_attempts(cfg, job_id)
     assert attempts_before is not None
     sender.start()
     killed_at = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
+    kill9(stack_cfg, "flink-taskmanager")  # and gone before the launcher looks
     sender.join()
-    # gone before the launcher looks (tests.integration.faults_support.kill9 says why)
-    assert wait_for(lambda: taskmanager.pid() is None, timeout_s=30, interval_s=0.1), "the TaskManager did not die"
     launcher.up(stack_cfg, ["flink"])  # the project's own command restarts the TaskManager
     producer.close()
 

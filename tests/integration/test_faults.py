@@ -188,7 +188,8 @@ def test_agent_kill_9_spool_replays_on_restart(fault_stack, tmp_path):
     tenant = "f-agent"
     home = tmp_path / "agent"
     topics = (cfg.points_topic, cfg.series_topic)
-    agent = AgentProcess(home, *topics, tenant, kafka_port=free_port(), grace_seconds=cfg.grace_seconds).start()  # nothing listens there
+    agent = AgentProcess(home, *topics, tenant, kafka_port=free_port(),  # nothing listens there
+                         grace_seconds=cfg.grace_seconds).start()
     load = StatsdLoad(agent.statsd_port)
     load.start()
     time.sleep(10)
