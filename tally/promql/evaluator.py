@@ -153,6 +153,8 @@ def _instant_selector(node: VectorSelector, ctx: EvalContext) -> Vector:
         idx = np.where(ok, idx, 0)
         ok &= shared[idx] > times - ctx.lookback
         samples = np.concatenate([s.samples() for s in series]).reshape(len(series), len(shared))
+        if ok.all() and len(idx) == len(shared) and (idx == np.arange(len(idx))).all():
+            return Vector([s.labels for s in series], samples).compact()  # a step per bucket
         out = np.where(ok[None, :], samples[:, idx], np.nan)
         return Vector([s.labels for s in series], out).compact()
     out = np.full((len(series), len(times)), np.nan)
@@ -347,6 +349,10 @@ def _aggregate(node: Aggregate, ctx: EvalContext) -> Vector:
         return Vector([], np.empty((0, steps)))
     data = value.data
     present = ~np.isnan(data)
+    if len(keys) == len(index) and node.op in ("sum", "avg", "min", "max", "count"):  # groups of one series
+        if node.op == "count":
+            data = np.where(present, 1.0, np.nan)
+        return Vector(keys, data).compact()
     order = np.argsort(index, kind="stable")
     sorted_idx = index[order]
     starts = np.flatnonzero(np.concatenate(([True], sorted_idx[1:] != sorted_idx[:-1])))

@@ -37,6 +37,7 @@ class Extent:
     labels: list
     data: np.ndarray
     stored_at: float = 0.0
+    encoded: object = None  # its rows encoded for the HTTP API (tally.api.encode), built on first use
 
 
 class ResultCache:

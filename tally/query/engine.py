@@ -87,7 +87,9 @@ class QueryResult:
     (series × steps) matrix with NaN = no sample; ``tier``: the tier read; ``closed``:
     every step was final (cacheable); ``stats``: series/bucket counts, cache use, timings;
     ``rollups``: the rollup rules that answered parts of the query (tally.query.rollups),
-    as dicts with ``rule``, ``selector`` and ``note``.
+    as dicts with ``rule``, ``selector`` and ``note``; ``reuse``: (extent, lo, hi, col) when
+    steps [col, col + hi - lo) are the cached extent's steps [lo, hi) (tally.api.encode
+    splices its encoded rows).
     """
 
     result_type: str
@@ -99,6 +101,7 @@ class QueryResult:
     stats: dict = field(default_factory=dict)
     closed: bool = False
     rollups: list = field(default_factory=list)
+    reuse: tuple | None = None
 
     def series(self) -> list[ResultSeries]:
         """Series with their points (NaN steps left out)."""
@@ -322,6 +325,8 @@ class QueryEngine:
         key = (tenant, repr(node), step_ms, int(times[0]) % step_ms if step_ms else 0, tier.name)
         cached = self.cache.get(key) if (use_cache and step_ms) else None
         parts = []
+        reuse = None  # (extent, lo, hi, col): result steps [col, col+hi-lo) = the extent's [lo, hi)
+        head = np.empty(0, dtype=np.int64)
         if cached is not None:
             c0, c1 = int(cached.times_ms[0]), int(cached.times_ms[-1])
             inside = (times >= c0) & (times <= c1)
@@ -332,6 +337,7 @@ class QueryEngine:
                 if len(head):
                     parts.append(await self._evaluate(tenant, node, head, step_ms, tier, stats, warnings, deadline))
                 parts.append((times[inside], cached.labels, cached.data[:, lo:hi]))
+                reuse = (cached, lo, hi, len(head))
                 if len(tail):
                     parts.append(await self._evaluate(tenant, node, tail, step_ms, tier, stats, warnings, deadline))
                 stats["cache"] = "hit" if not len(head) and not len(tail) else "partial"
@@ -342,16 +348,25 @@ class QueryEngine:
         out_times, labels, data = merge_parts(parts)
         if not len(out_times):
             out_times, labels, data = times, [], np.empty((0, len(times)))
+        if result_type != "scalar":  # sorted before caching: a cached extent's rows stay in order
+            labels, data = _sorted(labels, data)
         if use_cache and step_ms and closed[0]:
             n_closed = int(np.argmin(closed)) if not closed.all() else len(closed)
-            keep = ~np.all(np.isnan(data[:, :n_closed]), axis=1) if len(labels) else np.zeros(0, dtype=bool)
-            self.cache.put(key, Extent(result_type, out_times[:n_closed].copy(),
-                                       [l for l, k in zip(labels, keep) if k], data[keep, :n_closed].copy()))
+            # A partial hit replaces its extent when the query starts before it, when every
+            # step is closed, or when enough steps closed after it: in between, the extent
+            # keeps its encoded rows (the API splices them, tally.api.encode) while a live
+            # range's open tail advances.
+            newly = n_closed - len(head) - (reuse[2] - reuse[1]) if reuse else n_closed
+            if reuse is None or len(head) or (newly > 0 and (closed.all() or
+                                                             newly >= max(32, (reuse[2] - reuse[1]) // 8))):
+                keep = ~np.all(np.isnan(data[:, :n_closed]), axis=1) if len(labels) else np.zeros(0, dtype=bool)
+                extent = Extent(result_type, out_times[:n_closed].copy(), [l for l, k in zip(labels, keep) if k],
+                                data[keep, :n_closed].copy())
+                self.cache.put(key, extent)
+                reuse = (extent, 0, n_closed, 0)
         stats["seconds"] = round(time.perf_counter() - started, 6)
-        if result_type != "scalar":
-            labels, data = _sorted(labels, data)
         return QueryResult(result_type, out_times, labels, data, tier.name, warnings, stats, bool(closed.all()),
-                           [u.as_dict() for u in uses])
+                           [u.as_dict() for u in uses], reuse)
 
     async def _plan_rollups(self, tenant: str, node, earliest_ms: int, instant: bool):
         """Rewrite the aggregations a rollup rule answers (tally.query.rollups), given the
@@ -481,7 +496,7 @@ async def _read_samples(storage, tenant, tier, metas, start, end, cols, latest_o
 
 
 def _sorted(labels: list, data: np.ndarray):
-    if len(labels) < 2:
+    if len(labels) < 2 or all(a <= b for a, b in zip(labels, labels[1:])):
         return labels, data
     order = sorted(range(len(labels)), key=lambda i: labels[i])
     return [labels[i] for i in order], data[order]

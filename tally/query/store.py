@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import time
 from typing import Sequence
 
@@ -296,13 +297,15 @@ class BucketStore:
         self.reads["redis_keys"] += len(metas)
         raw = self._raw_reader()
         if raw.supported:
-            keys = [self._redis_pattern.format(keyspace=self.keyspace, tier=tier.name, tenant=tenant, sid=m.sid)
-                    for m in metas]
+            before, after = self._redis_pattern.format(keyspace=self.keyspace, tier=tier.name, tenant=tenant,
+                                                       sid="\0").encode().split(b"\0")
+            keys = [b"%s%d%s" % (before, m.sid, after) for m in metas]
             if latest_only:
-                commands = [[b"ZRANGE", k, end_ms, start_ms, b"BYSCORE", b"REV", b"LIMIT", 0, 1] for k in keys]
+                payload = _pack_keyed([b"ZRANGE"], keys, [end_ms, start_ms, b"BYSCORE", b"REV", b"LIMIT", 0, 1])
             else:
-                commands = [[b"ZRANGE", k, start_ms, end_ms, b"BYSCORE"] for k in keys]
-            return _decode_replies(metas, await raw.execute(commands), columns)
+                payload = _pack_keyed([b"ZRANGE"], keys, [start_ms, end_ms, b"BYSCORE"])
+            return await raw.execute_packed(payload, len(keys),
+                                            lambda replies: _decode_replies(metas, replies, columns))
         client = self._redis_client()
         pipe = client.pipeline(transaction=False)
         for meta in metas:
@@ -319,6 +322,21 @@ class BucketStore:
 _WIRE = np.dtype([("prefix", "S5"), ("member", MEMBER_HEADER), ("crlf", "S2")])
 _WIRE_PREFIX = b"$%d\r\n" % MEMBER_HEADER.itemsize
 assert len(_WIRE_PREFIX) == 5
+
+
+def _fixed_bytes() -> tuple[np.ndarray, np.ndarray]:
+    """(positions, values) of the bytes every fast-path record has: the length prefix, the
+    version, a zero sketch length and the CRLF."""
+    member = _WIRE.fields["member"][1]
+    version_at = member + MEMBER_HEADER.fields["version"][1]
+    sketch_at = member + MEMBER_HEADER.fields["sketch_length"][1]
+    crlf_at = _WIRE.fields["crlf"][1]
+    at = list(range(5)) + [version_at] + list(range(sketch_at, sketch_at + 4)) + [crlf_at, crlf_at + 1]
+    values = _WIRE_PREFIX + bytes([MEMBER_VERSION]) + bytes(4) + b"\r\n"
+    return np.array(at), np.frombuffer(values, dtype=np.uint8)
+
+
+_FIXED_AT, _FIXED = _fixed_bytes()
 
 
 class _Incomplete(Exception):
@@ -345,76 +363,137 @@ class RawRangeReader:
         self.host, self.port = opts.get("host", "localhost"), int(opts.get("port", 6379))
         self.username, self.password, self.db = opts.get("username"), opts.get("password"), int(opts.get("db") or 0)
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
-        self._idle: list = []
+        self._idle: list = []  # (socket, _Buffer)
+        self.keep_buffer_bytes = 128 << 20
 
-    async def _open(self):
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
-                                                self.connect_timeout_s)
-        setup = []
-        if self.password is not None:
-            setup.append([b"AUTH"] + ([self.username] if self.username else []) + [self.password])
-        if self.db:
-            setup.append([b"SELECT", self.db])
-        if setup:
-            writer.write(b"".join(_pack(c) for c in setup))
-            for reply in await self._read(reader, len(setup)):
-                if isinstance(reply, Exception):
-                    writer.close()
-                    raise reply
-        return reader, writer
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), self.connect_timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(self.timeout_s)
+            setup = []
+            if self.password is not None:
+                setup.append([b"AUTH"] + ([self.username] if self.username else []) + [self.password])
+            if self.db:
+                setup.append([b"SELECT", self.db])
+            if setup:
+                sock.sendall(b"".join(_pack(c) for c in setup))
+                for reply in _read_replies(_Buffer(1 << 12), _receiver(sock, time.monotonic() + self.timeout_s),
+                                           len(setup)):
+                    if isinstance(reply, Exception):
+                        raise reply
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def close(self) -> None:
         while self._idle:
-            self._idle.pop()[1].close()
+            self._idle.pop()[0].close()
 
-    async def execute(self, commands: list[list]) -> list:
+    async def execute(self, commands: list[list], decode=None):
         """Replies in order: a MEMBER_HEADER record array (fast path) or a list of member
-        bytes per command.  Raises ConnectionError/TimeoutError/OSError like redis-py, and
-        RedisReplyError for an error reply."""
-        payload = b"".join(_pack(c) for c in commands)
+        bytes per command; with ``decode``, what decode(replies) returns (the arrays are
+        views on the connection's receive buffer, valid only inside decode).  Raises
+        ConnectionError/TimeoutError/OSError like redis-py, and RedisReplyError for an
+        error reply."""
+        return await self.execute_packed(b"".join(_pack(c) for c in commands), len(commands), decode)
+
+    async def execute_packed(self, payload: bytes, n: int, decode=None):
+        """execute() for n commands already in RESP (``_pack``/``_pack_keyed``)."""
+        return await asyncio.to_thread(self._exchange, payload, n, decode)
+
+    def _exchange(self, payload: bytes, n: int, decode):
+        """Send the pipeline, read its n replies and decode them on a blocking socket, in
+        a worker thread: recv_into fills the connection's reused buffer (megabytes per
+        call, the GIL released), where an asyncio stream read 256 KB per loop turn and
+        copied each chunk twice."""
         while True:
             pooled = bool(self._idle)
-            conn = self._idle.pop() if pooled else await self._open()
-            reader, writer = conn
             try:
-                writer.write(payload)
-                replies = await asyncio.wait_for(self._read(reader, len(commands)), self.timeout_s)
+                conn = self._idle.pop() if pooled else (self._open(), _Buffer())
+            except IndexError:  # another thread took the last idle one
+                continue
+            sock, buf = conn
+            try:
+                sock.sendall(payload)
+                replies = _read_replies(buf, _receiver(sock, time.monotonic() + self.timeout_s), n)
                 break
             except TimeoutError:
-                writer.close()
+                sock.close()
                 raise
             except (ConnectionError, OSError):
-                writer.close()
+                sock.close()
                 if not pooled:
                     raise
                 # An idle connection Redis closed (restart, timeout): the reads are
                 # idempotent, so try again on a new one.
             except BaseException:
-                writer.close()
+                sock.close()
                 raise
-        self._idle.append(conn)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        try:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            if decode is None:  # copies: the buffer is reused by the next exchange
+                return [r.copy() if isinstance(r, np.ndarray) else r for r in replies]
+            return decode(replies)
+        finally:
+            del replies
+            if buf.size() <= self.keep_buffer_bytes:
+                self._idle.append(conn)
+            else:
+                self._idle.append((sock, _Buffer()))
 
-    async def _read(self, reader, n: int) -> list:
-        buf = bytearray()
-        pos, parsed = 0, []
-        while len(parsed) < n:
-            try:
-                value, pos = _parse_reply(buf, pos)
-                parsed.append(value)
-                continue
-            except _Incomplete:
-                pass
-            data = await reader.read(1 << 20)
-            if not data:
-                raise ConnectionError("redis closed the connection")
-            buf += data
-        # buf no longer grows: the record arrays are views on it (no copy of the replies).
-        return [np.frombuffer(buf, dtype=_WIRE, count=v[1], offset=v[0])["member"] if isinstance(v, tuple) else v
-                for v in parsed]
+
+class _Buffer:
+    """A growable receive buffer, reused across exchanges (no page faults, no copies)."""
+
+    def __init__(self, size: int = 1 << 20):
+        self.data = bytearray(size)
+        self.filled = 0
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def fill(self, recv_into) -> int:
+        if len(self.data) - self.filled < (1 << 16):
+            self.data.extend(bytes(len(self.data)))
+        with memoryview(self.data) as view:
+            got = recv_into(view[self.filled:])
+        self.filled += got
+        return got
+
+
+def _receiver(sock: socket.socket, deadline: float):
+    """recv_into for _read_replies, TimeoutError past the deadline."""
+
+    def recv_into(view) -> int:
+        if time.monotonic() > deadline:
+            raise TimeoutError("redis read timed out")
+        return sock.recv_into(view)
+
+    return recv_into
+
+
+def _read_replies(buf: _Buffer, recv_into, n: int) -> list:
+    """Parse n pipelined replies received into ``buf`` by recv_into(view) (0 = closed)."""
+    buf.filled = 0
+    pos, parsed = 0, []
+    data = buf.data
+    while len(parsed) < n:
+        try:
+            value, pos = _parse_reply(data, pos, buf.filled)
+            parsed.append(value)
+            continue
+        except _Incomplete:
+            pass
+        if not buf.fill(recv_into):
+            raise ConnectionError("redis closed the connection")
+        data = buf.data
+    # The record arrays are views on the buffer (no copy of the replies).
+    return [np.frombuffer(data, dtype=_WIRE, count=v[1], offset=v[0])["member"] if isinstance(v, tuple) else v
+            for v in parsed]
 
 
 class RedisReplyError(Exception):
@@ -429,18 +508,31 @@ def _pack(args) -> bytes:
     return b"".join(out)
 
 
-def _line(buf: bytearray, pos: int) -> tuple[bytes, int]:
-    eol = buf.find(b"\r\n", pos)
+def _pack_keyed(head: list, keys: list, tail: list) -> bytes:
+    """The RESP of one command per key, ``head + [key] + tail`` (a pipeline of the same
+    command on many keys: the fixed parts encoded once)."""
+    pre = _pack(head)
+    pre = b"*%d" % (len(head) + 1 + len(tail)) + pre[pre.index(b"\r\n"):]
+    post = _pack(tail)
+    post = post[post.index(b"\r\n") + 2:]
+    return b"".join([b"%s$%d\r\n%s\r\n%s" % (pre, len(k), k, post) for k in keys])
+
+
+def _line(buf: bytearray, pos: int, end: int) -> tuple[bytes, int]:
+    eol = buf.find(b"\r\n", pos, end)
     if eol < 0:
         raise _Incomplete
     return bytes(buf[pos:eol]), eol + 2
 
 
-def _parse_reply(buf: bytearray, pos: int):
+def _parse_reply(buf: bytearray, pos: int, end: int | None = None):
     """(value, next position) of the reply at ``pos``: ("offset", count) for an array of
     fixed-stride sketch-less v2 members, a list of bytes for another array, a string for a
-    status, an exception for an error.  Raises _Incomplete when bytes are missing."""
-    head, p = _line(buf, pos)
+    status, an exception for an error.  ``end``: where the received bytes end (default
+    len(buf)).  Raises _Incomplete when bytes are missing."""
+    if end is None:
+        end = len(buf)
+    head, p = _line(buf, pos, end)
     kind = head[:1]
     if kind == b"+":
         return head[1:].decode(), p
@@ -452,7 +544,7 @@ def _parse_reply(buf: bytearray, pos: int):
         size = int(head[1:])
         if size < 0:
             return None, p
-        if len(buf) < p + size + 2:
+        if end < p + size + 2:
             raise _Incomplete
         return bytes(buf[p:p + size]), p + size + 2
     if kind != b"*":
@@ -461,22 +553,21 @@ def _parse_reply(buf: bytearray, pos: int):
     if count <= 0:
         return [], p
     # Fast path: count records of _WIRE, every length prefix and CRLF checked.
-    have = min(count, (len(buf) - p) // _WIRE.itemsize)
+    have = min(count, (end - p) // _WIRE.itemsize)
     if have:
-        wire = np.frombuffer(buf, dtype=_WIRE, count=have, offset=p)
-        ok = bool((wire["prefix"] == _WIRE_PREFIX).all() and (wire["crlf"] == b"\r\n").all()
-                  and (wire["member"]["version"] == MEMBER_VERSION).all()
-                  and not wire["member"]["sketch_length"].any())
+        # One check of the fixed bytes of every record: prefix, version, sketch length 0, CRLF.
+        wire = np.frombuffer(buf, dtype=np.uint8, count=have * _WIRE.itemsize, offset=p)
+        ok = bool((wire.reshape(have, _WIRE.itemsize)[:, _FIXED_AT] == _FIXED).all())
         del wire  # release the view: the buffer grows while reading
     else:
-        ok = len(buf) - p < len(_WIRE_PREFIX) or buf[p:p + len(_WIRE_PREFIX)] == _WIRE_PREFIX
+        ok = end - p < len(_WIRE_PREFIX) or buf[p:p + len(_WIRE_PREFIX)] == _WIRE_PREFIX
     if ok:
         if have < count:
             raise _Incomplete
         return (p, count), p + count * _WIRE.itemsize
     members = []
     for _ in range(count):
-        value, p = _parse_reply(buf, p)
+        value, p = _parse_reply(buf, p, end)
         members.append(value)
     return members, p
 

@@ -179,3 +179,18 @@ def test_matrix_encoding_skips_missing_steps_and_writes_inf():
     assert doc == {"resultType": "matrix", "tier": "1s", "result": [
         {"metric": {"a": "x"}, "values": [[1, "1.5"], [4, "+Inf"]]},
         {"metric": {}, "values": [[1, "0.1"], [2.5, "2.0"], [4, "-Inf"]]}]}
+
+
+def test_tune_memory_turns_numpy_huge_pages_off_and_keeps_freed_memory():
+    import numpy as np
+
+    from tally.api.app import tune_memory
+
+    get = np.core.multiarray._get_madvise_hugepage
+    before = np.core.multiarray._set_madvise_hugepage(True)
+    try:
+        done = tune_memory()
+        assert "numpy huge pages off" in done and not get()
+        assert "glibc keeps freed memory" in done  # this machine's Python links glibc
+    finally:
+        np.core.multiarray._set_madvise_hugepage(before)

@@ -42,3 +42,46 @@ def test_rows_with_nan_steps_and_no_inf_equal_value_by_value_formatting():
                     if not math.isnan(v)]
         assert series["values"] == expected
     assert [s["values"][3][1] for s in doc["result"]][2] == "-Inf"
+
+
+def test_spliced_extent_rows_encode_exactly_like_the_plain_result():
+    """A result reusing a cached extent's encoded rows (result.reuse) is byte for byte the
+    encoding of the same matrix without it: full hit, open tail, sliding start, a head
+    before the extent, series missing from the extent, NaN gaps and infinities."""
+    from tally.query.cache import Extent
+
+    rng = np.random.default_rng(7)
+    n_rows, n_steps = 12, 40
+    times = 1_796_514_000_000 + 1000 * np.arange(n_steps, dtype=np.int64)
+    labels = [(("host", f"h{i:02d}"),) for i in range(n_rows)]
+    data = np.round(rng.normal(50, 10, (n_rows, n_steps)), 3)
+    data[rng.random(data.shape) < 0.1] = np.nan
+    data[3, :] = np.nan  # a series without any sample
+    data[4, 5], data[5, 7] = np.inf, -np.inf
+    data[6, 10:30] = np.nan  # a gap spanning the extent's edges
+    # The extent: steps [e0, e1) of rows 0..9 (rows 10, 11 appear only outside it, e.g. in the tail).
+    e0, e1 = 5, 32
+    extent = Extent("matrix", times[e0:e1].copy(), labels[:10], data[:10, e0:e1].copy())
+    for lo, hi, col in ((0, e1 - e0, 0), (0, e1 - e0, 5), (3, e1 - e0, 0), (3, 20, 4), (0, 1, 0)):
+        n = col + (hi - lo) + 6  # col steps before the extent's part, 6 after
+        t = times[e0 + lo - col:e0 + lo - col + n]
+        d = np.full((n_rows, n), np.nan)
+        d[:, :] = data[:, e0 + lo - col:e0 + lo - col + n]
+        d[10:, col:col + hi - lo] = np.nan  # not in the extent: no samples in its steps
+        plain = encode_result(QueryResult("matrix", t, labels, d, "1s"))
+        spliced = encode_result(QueryResult("matrix", t, labels, d, "1s", reuse=(extent, lo, hi, col)))
+        assert spliced == plain, (lo, hi, col)
+        orjson.loads(spliced)
+    assert extent.encoded is not None  # built once, kept on the extent
+
+
+def test_encode_response_is_the_envelope_of_the_result():
+    from tally.api.encode import encode_response, envelope
+
+    times = np.array([1_700_000_000_000, 1_700_000_001_000], dtype=np.int64)
+    for labels, data in (([(("host", "a"),), (("host", "b"),)], np.array([[1.0, math.nan], [2.5, 3.0]])),
+                         ([], np.empty((0, 2)))):
+        for warnings in ([], ["redis unavailable: recent buckets read from Cassandra"]):
+            res = QueryResult("matrix", times, labels, data, "1s", warnings)
+            assert encode_response(res) == envelope(encode_result(res), warnings)
+            assert orjson.loads(encode_response(res))["status"] == "success"

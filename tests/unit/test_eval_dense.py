@@ -50,6 +50,19 @@ def test_shared_grid_matches_per_series_path():
         assert np.isnan(got.data).any() and not np.isnan(got.data).all()
 
 
+def test_shared_grid_with_a_step_per_bucket_is_the_samples_themselves():
+    rng = np.random.default_rng(4)
+    ts = (np.arange(0, 30) * 1000 + 5_000).astype(np.int64)
+    sel = parse("m")
+    for times in (ts.copy(), ts[3:-2].copy(), ts - 500):  # exactly the buckets, a sub-range, off the grid
+        series = _series(20, ts, rng)
+        ctx = EvalContext(times, 1000, 1000, {sel: series}, 300_000)
+        got = _instant_selector(sel, ctx)
+        labels, data = _per_series(sel, ctx)
+        assert got.labels == labels
+        np.testing.assert_array_equal(got.data, data)
+
+
 def _range_values(n_gappy, max_latest_reads):
     import asyncio
 

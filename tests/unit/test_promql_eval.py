@@ -77,6 +77,24 @@ def test_range_query_values_per_step(gauges):
     assert [t for t, _ in eu.points] == [T0 / 1000 + 60 * i for i in range(10)]
 
 
+def test_groups_of_one_series_keep_each_series_value(gauges):
+    st = gauges
+    st.add("acme", "cpu", {"host": "d", "region": "us"}, "1m", T0 + 5 * MIN, value=-3.5)  # one bucket only
+    eng = engine(st)
+    start, end = T0 / 1000, (T0 + 9 * MIN) / 1000
+    raw = asyncio.run(eng.range("acme", "cpu", start, end, 60))
+    by_host = {s.labels["host"]: s.points for s in raw.series()}
+    for op in ("sum", "avg", "min", "max", "count"):
+        res = asyncio.run(eng.range("acme", f"{op} by (host) (cpu)", start, end, 60))
+        got = {s.labels["host"]: s.points for s in res.series()}
+        assert set(got) == set(by_host) == {"a", "b", "c", "d"}
+        for host, points in by_host.items():
+            want = [(t, 1.0 if op == "count" else v) for t, v in points]
+            assert got[host] == want, (op, host)
+        assert all(set(s.labels) == {"host"} for s in res.series())
+    assert [t for t, _ in got["d"]] == [(T0 + 5 * MIN) / 1000 + 60 * i for i in range(5)]  # lookback 5 m
+
+
 def test_counter_rate_and_increase_sum_deltas():
     st = MemoryStorage()
     for i in range(10):  # 2 events of value 3 per minute: bucket sum 6

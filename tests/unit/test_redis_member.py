@@ -100,21 +100,21 @@ def _resp_array(members) -> bytes:
     return b"*%d\r\n" % len(members) + b"".join(b"$%d\r\n%s\r\n" % (len(m), m) for m in members)
 
 
-class _Chunks:
-    """An asyncio StreamReader stand-in serving the bytes in small pieces."""
+def _chunks(data: bytes, size: int):
+    """A socket's recv_into stand-in serving the bytes in pieces of at most ``size``."""
+    rest = memoryview(data)
 
-    def __init__(self, data: bytes, size: int):
-        self.data, self.size = data, size
+    def recv_into(view):
+        nonlocal rest
+        n = min(size, len(view), len(rest))
+        view[:n], rest = rest[:n], rest[n:]
+        return n
 
-    async def read(self, n):
-        out, self.data = self.data[:min(n, self.size)], self.data[min(n, self.size):]
-        return out
+    return recv_into
 
 
 def test_raw_reader_parses_pipelined_replies_in_place_whatever_the_chunking():
-    import asyncio
-
-    from tally.query.store import RawRangeReader, RedisReplyError
+    from tally.query.store import RedisReplyError, _Buffer, _read_replies
 
     m = lambda ts, v, sk=None: encode_values(ts, 1.0, v, v, v, v, ts, sk)  # noqa: E731
     bare = [m(1000 * i, float(i)) for i in range(50)]
@@ -122,9 +122,9 @@ def test_raw_reader_parses_pipelined_replies_in_place_whatever_the_chunking():
     stream = (_resp_array(bare) + b"*0\r\n" + _resp_array(mixed) + _resp_array(bare[:1])
               + b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
               + _resp_array(bare[:3] + mixed[:1]))
-    reader = RawRangeReader("redis://127.0.0.1:1")
     for size in (1, 7, 61, 68, 1000, len(stream)):
-        replies = asyncio.run(reader._read(_Chunks(stream, size), 6))
+        # a small reused buffer: grows while reading, parses in place
+        replies = _read_replies(_Buffer(16), _chunks(stream, size), 6)
         assert isinstance(replies[0], np.ndarray) and replies[0]["ts"].tolist() == [1000 * i for i in range(50)]
         assert replies[1] == []
         assert replies[2] == mixed  # not fixed-stride: the members themselves
@@ -145,3 +145,12 @@ def test_raw_reader_leaves_tls_and_unix_sockets_to_redis_py():
     assert (r.host, r.port, r.username, r.password, r.db) == ("h", 7, "u", "p", 3)
     assert not RawRangeReader("rediss://h:7").supported
     assert not RawRangeReader("unix:///tmp/redis.sock").supported
+
+
+def test_pack_keyed_is_the_pipeline_of_packed_commands():
+    from tally.query.store import _pack, _pack_keyed
+
+    keys = [b"ks:b:1s:acme:1", b"ks:b:1s:acme:-922337203685477580", b"k"]
+    for head, tail in (([b"ZRANGE"], [5, 10, b"BYSCORE"]), ([b"ZRANGE"], [10, 5, b"BYSCORE", b"REV", b"LIMIT", 0, 1]),
+                       ([b"GET"], [])):
+        assert _pack_keyed(head, keys, tail) == b"".join(_pack(head + [k] + tail) for k in keys)
