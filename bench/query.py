@@ -22,7 +22,9 @@ Queries, each timed over HTTP (full body read) ``--runs`` times:
   Q4 p99 by region of request_latency                     15 min at 1 s (Redis path)
   Q5 avg(cpu_usage{region="us-east"})                     6 h at 1 m
 Tally cold = ``nocache=1`` (no result cache; every bucket read and evaluated), warm = the
-repeated query (result cache).  Each server gets one untimed run of each query first (its
+repeated query (result cache; with nothing written in between, as in a paused stream, even
+the open steps' response is reused: the loader bumps the tier's write counter as the job's
+sink does).  Each server gets one untimed run of each query first (its
 series-index cache and connection pools filled, as a running server has them); Tally's is
 printed apart.  Q1 and Q5 also run on ``tally api --no-redis`` (Cassandra
 path).  VictoriaMetrics (Debian ``victoria-metrics``, started here on a free port with a temp
@@ -56,7 +58,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from sinks.cassandra import BucketRow, BucketWriter, drop_keyspace, ensure_schema  # noqa: E402
-from sinks.redis_cache import bucket_key, delete_keyspace_keys, encode_member  # noqa: E402
+from sinks.redis_cache import bucket_key, delete_keyspace_keys, encode_member, write_version_key  # noqa: E402
 from tally.config import TallyConfig  # noqa: E402
 from tally.schema import redis_layout  # noqa: E402
 from tally.series import series_id  # noqa: E402
@@ -180,12 +182,24 @@ def load_tally(cfg: TallyConfig, data: Data, rows_by_tier) -> None:
             for key, members in by_key.items():
                 pipe.zadd(key, members)
                 pipe.pexpire(key, windows[tier])
+            pipe.incr(write_version_key(cfg.keyspace, tier, TENANT))  # after the buckets, as the sink does
             pipe.execute()
             print(f"  redis {tier}: {sum(len(m) for m in by_key.values()):,} buckets", flush=True)
         evicted = client.info("stats").get("evicted_keys", 0) - evicted_before
         memory = client.info("memory")
         print(f"  redis memory {memory.get('used_memory_human')} of maxmemory {memory.get('maxmemory_human')}; "
               f"keys evicted while loading: {evicted} (those series are read from Cassandra)", flush=True)
+    finally:
+        client.close()
+
+
+def bump_write_version(cfg: TallyConfig, tier: str) -> None:
+    """What the job's sink does after writing a batch of the tier (schemas/redis.json)."""
+    import redis
+
+    client = redis.Redis.from_url(cfg.redis_url)
+    try:
+        client.incr(write_version_key(cfg.keyspace, tier, TENANT))
     finally:
         client.close()
 
@@ -315,10 +329,13 @@ def timed_get(conn: http.client.HTTPConnection, path: str, params: dict) -> tupl
     return elapsed, body
 
 
-def timed_runs(conn, path: str, params: dict, runs: int):
-    """(times, last body, error): the runs that answered; an error stops the series."""
+def timed_runs(conn, path: str, params: dict, runs: int, before=None):
+    """(times, last body, error): the runs that answered; an error stops the series.
+    ``before()`` runs untimed ahead of each run."""
     times, body = [], b""
     for _ in range(runs):
+        if before is not None:
+            before()
         try:
             t, body = timed_get(conn, path, params)
         except Exception as exc:  # e.g. a Cassandra read timeout under load: report, go on
@@ -440,6 +457,7 @@ def main(argv=None) -> int:
         print(f"(load average before timing: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; 2 cores shared)")
         errors = []
         first_runs: dict = {}
+        live_warm: dict = {}
         for name, expr, vm_expr, start, end, step, label in queries:
             params = {"query": expr, "start": s(start), "end": s(end), "step": step}
             # One untimed run first, as for VictoriaMetrics below: the process's first read of a
@@ -457,6 +475,10 @@ def main(argv=None) -> int:
                 werr = str(exc)[:200]
             if werr:
                 errors.append(f"{name} warm: {werr}")
+            if tier == "1s":  # a live stream: the job writes the tier between two refreshes
+                live, _, lerr = timed_runs(tally, "/api/v1/query_range", params, args.runs,
+                                           before=lambda: bump_write_version(cfg, tier))
+                live_warm[name] = fmt(live, lerr)
             if body and warm_body and warm_body != body:
                 a, b = orjson.loads(body)["data"]["result"], orjson.loads(warm_body)["data"]["result"]
                 differing = sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
@@ -488,6 +510,9 @@ def main(argv=None) -> int:
         query_rollup.run(cfg, data, args, sys.modules[__name__], api_port, vm_port)
         if errors:
             print("\nerrors:\n  " + "\n  ".join(errors))
+        print("\nwarm while the tier is being written (its write counter bumped before each run, so the open "
+              "steps are read and evaluated again; the closed ones come from the cache), p50 / p99 ms: "
+              + ", ".join(f"{n} {v}" for n, v in live_warm.items()))
         print("\nuntimed first run per query (the API's first read of the metric), ms: "
               + ", ".join(f"{n} {t[0] * 1000:.0f}" for n, t in first_runs.items() if t))
         print("\nresponses:")

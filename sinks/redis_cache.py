@@ -47,6 +47,11 @@ def bucket_key(keyspace: str, tier: str, tenant: str, sid: int) -> str:
     return _bucket_layout()["pattern"].format(keyspace=keyspace, tier=tier, tenant=tenant, sid=sid)
 
 
+def write_version_key(keyspace: str, tier: str, tenant: str) -> str:
+    """The counter bumped after every write of a tenant's buckets of a tier (schemas/redis.json)."""
+    return redis_layout()["keys"]["write_version"]["pattern"].format(keyspace=keyspace, tier=tier, tenant=tenant)
+
+
 def quality_key(keyspace: str, tenant: str) -> str:
     """The hash of a tenant's data-quality counters."""
     return redis_layout()["keys"]["quality"]["pattern"].format(keyspace=keyspace, tenant=tenant)
@@ -174,6 +179,7 @@ class RedisBucketCache:
             return False
         key = bucket_key(self._keyspace, tier, tenant, row.sid)
         await self._write_bucket(keys=[key], args=_script_args(row.ts, encode_member(row), window_ms))
+        await self._client.incr(write_version_key(self._keyspace, tier, tenant))
         return True
 
     async def count(self, tenant: str, field: str, amount: float = 1) -> None:
@@ -211,6 +217,7 @@ class RedisBucketWriter:
                                args=_script_args(ts, member, window_ms), client=pipe)
         n = len(members)
         if n:
+            pipe.incr(write_version_key(self._keyspace, tier, tenant))  # after the buckets
             pipe.execute()
         return n
 

@@ -45,6 +45,7 @@ __all__ = ["make_app", "ENGINE", "KEYRING", "authorize", "ParamError", "BUILD_IN
 ENGINE = web.AppKey("engine", QueryEngine)
 KEYRING = web.AppKey("keyring", KeyRing)
 _RESPONSES = web.AppKey("responses", object)
+_OPEN_RESPONSES = web.AppKey("open_responses", object)
 
 # Grafana reads the version to pick Prometheus features; we answer as the Prometheus
 # release whose API we follow (Debian bookworm's promtool is 2.42).
@@ -114,8 +115,9 @@ def _flag(params, name: str) -> bool:
 
 
 class _ResponseCache:
-    """Encoded bodies of results whose every step is closed (see tally.query.cache): a
-    repeated dashboard query is answered without evaluating or encoding again."""
+    """Encoded bodies of results whose every step is closed (see tally.query.cache), or of
+    ranges with open steps with the write counter read before their buckets: a repeated
+    dashboard query is answered without evaluating or encoding again."""
 
     def __init__(self, max_entries: int, ttl_s: float):
         self.max_entries, self.ttl_s = max_entries, ttl_s
@@ -129,7 +131,7 @@ class _ResponseCache:
         self._items.move_to_end(key)
         return item[1]
 
-    def put(self, key, body: bytes) -> None:
+    def put(self, key, body) -> None:
         self._items[key] = (time.monotonic(), body)
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
@@ -217,11 +219,17 @@ async def query_range(request: web.Request) -> web.Response:
         body = cache.get(key)
         if body is not None:
             return _json(body)
+        # A range with open steps: the same response while nothing of its tier was written.
+        hit = request.app[_OPEN_RESPONSES].get(key)
+        if hit is not None and await engine.write_version(tenant, hit[0]) == hit[1]:
+            return _json(hit[2])
     result = await engine.range(tenant, expr, start, end, step, tier=params.get("tier") or None,
                                 timeout_s=_timeout(params, engine), use_cache=not nocache)
     body = encode_response(result)
     if result.closed and not nocache:
         cache.put(key, body)
+    elif result.write_version is not None and not nocache:
+        request.app[_OPEN_RESPONSES].put(key, (result.tier, result.write_version, body))
     return _json(body)
 
 
@@ -310,6 +318,9 @@ def make_app(cfg: TallyConfig, engine: QueryEngine | None = None,
         keyring = KeyRing.from_file(cfg.api_keys_file) if cfg.api_keys_file else KeyRing.open()
     app[KEYRING] = keyring
     app[_RESPONSES] = _ResponseCache(cfg.query_cache_max_entries, cfg.query_cache_ttl_seconds)
+    # Ranges with open steps, kept while the tier's write counter is unchanged and at most
+    # the settle time (a write Redis missed while it was down bumps no counter).
+    app[_OPEN_RESPONSES] = _ResponseCache(cfg.query_cache_max_entries, cfg.query_cache_settle_seconds)
     routes = []
     for path, handler in (("/api/v1/query", query), ("/api/v1/query_range", query_range),
                           ("/api/v1/labels", labels), ("/api/v1/label/{name}/values", label_values),

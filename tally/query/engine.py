@@ -89,7 +89,8 @@ class QueryResult:
     ``rollups``: the rollup rules that answered parts of the query (tally.query.rollups),
     as dicts with ``rule``, ``selector`` and ``note``; ``reuse``: (extent, lo, hi, col) when
     steps [col, col + hi - lo) are the cached extent's steps [lo, hi) (tally.api.encode
-    splices its encoded rows).
+    splices its encoded rows); ``write_version``: the storage's write counter of the tier,
+    read before the buckets (tally.query.storage), for a range with open steps.
     """
 
     result_type: str
@@ -102,6 +103,7 @@ class QueryResult:
     closed: bool = False
     rollups: list = field(default_factory=list)
     reuse: tuple | None = None
+    write_version: int | None = None
 
     def series(self) -> list[ResultSeries]:
         """Series with their points (NaN steps left out)."""
@@ -222,6 +224,10 @@ class QueryEngine:
     async def metric_names(self, tenant: str) -> list[str]:
         return await self.storage.metric_names(tenant)
 
+    async def write_version(self, tenant: str, tier: str) -> int | None:
+        """The storage's write counter of the tenant's tier (None: unknown)."""
+        return await self.storage.write_version(tenant, tier)
+
     async def find_series(self, tenant: str, selectors: Sequence[str], start_s: float | None = None,
                           end_s: float | None = None) -> list[dict]:
         """Label sets of the series matching any of the selectors (``match[]``).  Series
@@ -323,6 +329,9 @@ class QueryEngine:
         closed_limit = now_ms - self.grace_ms - int(self.limits.cache_settle_s * 1000)
         closed = times - min_offset + tier.resolution_ms <= closed_limit
         key = (tenant, repr(node), step_ms, int(times[0]) % step_ms if step_ms else 0, tier.name)
+        # Read before any bucket: equal later means nothing of the tier was written since.
+        version = (await self.storage.write_version(tenant, tier.name)
+                   if use_cache and step_ms and not closed.all() else None)
         cached = self.cache.get(key) if (use_cache and step_ms) else None
         parts = []
         reuse = None  # (extent, lo, hi, col): result steps [col, col+hi-lo) = the extent's [lo, hi)
@@ -366,7 +375,7 @@ class QueryEngine:
                 reuse = (extent, 0, n_closed, 0)
         stats["seconds"] = round(time.perf_counter() - started, 6)
         return QueryResult(result_type, out_times, labels, data, tier.name, warnings, stats, bool(closed.all()),
-                           [u.as_dict() for u in uses], reuse)
+                           [u.as_dict() for u in uses], reuse, version)
 
     async def _plan_rollups(self, tenant: str, node, earliest_ms: int, instant: bool):
         """Rewrite the aggregations a rollup rule answers (tally.query.rollups), given the

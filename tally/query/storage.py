@@ -57,6 +57,10 @@ class Storage(Protocol):
         """Buckets with start in [start_ms, end_ms] per sid (only those with data), plus
         warnings (e.g. a fallback); ``latest_only``: just the newest bucket of the range."""
 
+    async def write_version(self, tenant: str, tier: str) -> int | None:
+        """A number that changes whenever the tenant's buckets of the tier are written
+        (None: unknown).  Read before the buckets, equal later = nothing written since."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -67,6 +71,7 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._series: dict[tuple[str, str], dict[int, SeriesMeta]] = {}
         self._rows: dict[tuple[str, str, int], dict[int, dict]] = {}
+        self._versions: dict[tuple[str, str], int] = {}
 
     def add_series(self, tenant: str, name: str, tags: dict, mtype: str | None = None) -> SeriesMeta:
         from tally.series import series_id
@@ -89,6 +94,10 @@ class MemoryStorage:
         self._rows.setdefault((tenant, tier, meta.sid), {})[int(ts_ms)] = {
             "count": float(count), "sum": float(sum or 0.0), "min": float(min or 0.0), "max": float(max or 0.0),
             "last": float(last or 0.0), "sketch": sketch}
+        self._versions[(tenant, tier)] = self._versions.get((tenant, tier), 0) + 1
+
+    async def write_version(self, tenant: str, tier: str) -> int | None:
+        return self._versions.get((tenant, tier), 0)
 
     async def metric_names(self, tenant: str) -> list[str]:
         return sorted(name for (t, name) in self._series if t == tenant)

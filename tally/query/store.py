@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sinks.redis_cache import MEMBER_HEADER, MEMBER_VERSION, decode_members
+from sinks.redis_cache import MEMBER_HEADER, MEMBER_VERSION, decode_members, write_version_key
 from tally.config import TallyConfig
 from tally.query.storage import Buckets, SeriesMeta
 from tally.schema import bucket_table, redis_layout
@@ -221,6 +221,23 @@ class BucketStore:
             elif a is not None or b is not None:
                 out[meta.sid] = a if a is not None else b
         return out, warnings
+
+    async def write_version(self, tenant: str, tier: str) -> int | None:
+        """The tier's write counter for the tenant in Redis (schemas/redis.json
+        ``write_version``), None when Redis is off, down or has none."""
+        if not self.use_redis or time.monotonic() < self._redis_down_until:
+            return None
+        key = write_version_key(self.keyspace, tier, tenant)
+        try:
+            raw = self._raw_reader()
+            if raw.supported:
+                value = (await raw.execute([[b"GET", key]]))[0]
+            else:
+                value = await self._redis_client().get(key)
+        except Exception as exc:  # Redis down: unknown, and the bucket reads fall back
+            log.warning("Redis read of %s failed (%r)", key, exc)
+            return None
+        return None if value is None else int(value)
 
     def _statement(self, tier: Tier, columns: tuple, latest_only: bool):
         key = (tier.name, columns, latest_only)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sinks.redis_cache import bucket_key, decode_member
+from sinks.redis_cache import bucket_key, decode_member, write_version_key
 from tally.cql import connect
 from tally.producer import PointProducer
 from tally.series import series_id
@@ -56,9 +56,12 @@ def test_known_points_give_exact_10s_buckets_and_index(pipeline):
             for member in client.zrange(bucket_key(cfg.keyspace, "10s", "acme", s.id), 0, -1):
                 b = decode_member(member)
                 cached[("10s", s.id, b["ts"])] = (b["count"], b["sum"], b["min"], b["max"])
+        # Every batch write bumped the tier's write counter (the query API's open-range reuse).
+        versions = {t: client.get(write_version_key(cfg.keyspace, t, "acme")) for t in ("1s", "10s")}
     finally:
         client.close()
     assert cached == {k: (r.count, r.sum, r.min, r.max) for k, r in got.items()}
+    assert all(v is not None and int(v) >= 1 for v in versions.values()), versions
 
     # The series registrations reached the series index.
     def indexed():

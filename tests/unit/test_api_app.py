@@ -194,3 +194,41 @@ def test_tune_memory_turns_numpy_huge_pages_off_and_keeps_freed_memory():
         assert "glibc keeps freed memory" in done  # this machine's Python links glibc
     finally:
         np.core.multiarray._set_madvise_hugepage(before)
+
+
+def test_open_range_is_served_again_until_its_tier_is_written():
+    """A range with open steps is answered from the previous response while the tier's
+    write counter is unchanged; a write (here a late bucket within grace) shows at once."""
+    st = storage()
+    cfg = TallyConfig()
+    now_s = (T0 + 10 * MIN) / 1000  # the newest buckets are open (grace + settle)
+    engine = QueryEngine(cfg, storage=st, clock=lambda: now_s)
+    reads = []
+    orig = st.buckets
+
+    async def counting(*a, **k):
+        reads.append(a[3:5])
+        return await orig(*a, **k)
+
+    st.buckets = counting
+    params = {"query": "sum(cpu)", "start": str(T0 / 1000), "end": str((T0 + 9 * MIN) / 1000), "step": "60"}
+    headers = {"X-Scope-OrgID": "acme"}
+
+    async def go():
+        app = make_app(cfg, engine)
+        async with TestClient(TestServer(app)) as c:
+            first = await (await c.get("/api/v1/query_range", params=params, headers=headers)).read()
+            n_first = len(reads)
+            second = await (await c.get("/api/v1/query_range", params=params, headers=headers)).read()
+            n_second = len(reads)
+            st.add("acme", "cpu", {"host": "a"}, "1m", T0 + 9 * MIN, value=100)  # bumps the 1m counter
+            third = await (await c.get("/api/v1/query_range", params=params, headers=headers)).read()
+            other_tier = await (await c.get("/api/v1/query_range", params={**params, "tier": "1m"},
+                                            headers=headers)).read()
+            return first, second, third, other_tier, n_first, n_second
+
+    first, second, third, _, n_first, n_second = asyncio.run(go())
+    assert n_first > 0 and n_second == n_first  # served again without reading a bucket
+    assert second == first
+    last = lambda body: orjson.loads(body)["data"]["result"][0]["values"][-1]  # noqa: E731
+    assert last(first)[1] == str(9.0 + 19.0) and last(third)[1] == str(100.0 + 19.0)
