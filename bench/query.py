@@ -389,6 +389,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dist-rate", type=int, default=20, help="raw values per second per distribution series")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per query and mode")
     parser.add_argument("--skip-vm", action="store_true")
+    parser.add_argument("--print-samples", action="store_true", help="every timed run of Tally cold/warm, in order")
     parser.add_argument("--load-only", action="store_true", help="load the keyspace, keep it, exit (profiling)")
     parser.add_argument("--keyspace", default="tally_bench_query",
                         help="Cassandra keyspace and Redis prefix (dropped at the end): two runs side by side")
@@ -484,6 +485,9 @@ def main(argv=None) -> int:
                 differing = sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
                 if differing:
                     print(f"  WARNING {name}: warm and cold results differ in {differing} series")
+            if args.print_samples:
+                print(f"  {name} cold ms: {' '.join(f'{t * 1000:.0f}' for t in cold)}; "
+                      f"warm ms: {' '.join(f'{t * 1000:.0f}' for t in warm)}", flush=True)
             cass_cold = ""
             if name in ("Q1", "Q5"):
                 cc, _, cerr = timed_runs(cass, "/api/v1/query_range", {**params, "nocache": 1}, args.runs + 1)
