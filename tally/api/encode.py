@@ -57,16 +57,20 @@ def _value_texts(row: np.ndarray) -> tuple[np.ndarray | None, list]:
 def _values_bytes(prefixes: list, row: np.ndarray, joined: list | None = None) -> bytes:
     """A row's ``[t,"v"],[t,"v"]`` pairs (b"" when every step is NaN).  ``joined``:
     prefixes[:1] + ['"],' + p for p in prefixes[1:]], to interleave the values in one join."""
-    keep, strs = _value_texts(row)
+    return _pairs(prefixes, *_value_texts(row), joined)
+
+
+def _pairs(prefixes: list, keep: np.ndarray | None, strs: list, joined: list | None, end: bytes = b'"]') -> bytes:
+    """The pairs of the value texts ``strs`` at steps ``keep`` (None: every step), then ``end``."""
     if not strs:
         return b""
     if keep is None and joined is not None:
         parts = [b""] * (2 * len(strs))
         parts[0::2] = joined
         parts[1::2] = strs
-        return b"".join(parts) + b'"]'
+        return b"".join(parts) + end
     pre = prefixes if keep is None else [prefixes[i] for i in keep.tolist()]
-    return b'"],'.join(map(operator.add, pre, strs)) + b'"]'
+    return b'"],'.join(map(operator.add, pre, strs)) + end
 
 
 def _joined(prefixes: list) -> list:
@@ -89,13 +93,7 @@ class _Fragments:
             if not strs:
                 self.rows.append(memoryview(b""))
                 continue
-            if keep is None:
-                parts = [b""] * (2 * len(strs))
-                parts[0::2] = joined
-                parts[1::2] = strs
-                body = b"".join(parts) + b'"],'
-            else:
-                body = b'"],'.join(map(operator.add, [prefixes[k] for k in keep.tolist()], strs)) + b'"],'
+            body = _pairs(prefixes, keep, strs, joined, b'"],')
             lengths = np.zeros(len(row), dtype=np.int64)
             text_lengths = np.fromiter(map(len, strs), dtype=np.int64, count=len(strs))
             if keep is None:
