@@ -73,6 +73,11 @@ def _pairs(prefixes: list, keep: np.ndarray | None, strs: list, joined: list | N
     return b'"],'.join(map(operator.add, pre, strs)) + end
 
 
+def _prefixes(times_ms: np.ndarray) -> list:
+    """``[t,"`` of every step."""
+    return [b"[" + format_time(t) + b',"' for t in times_ms.tolist()]
+
+
 def _joined(prefixes: list) -> list:
     return prefixes[:1] + [b'"],' + p for p in prefixes[1:]]
 
@@ -82,7 +87,7 @@ class _Fragments:
     offset of every step, so any run of its steps is one slice (a memoryview, no copy)."""
 
     def __init__(self, times_ms: np.ndarray, labels: list, data: np.ndarray):
-        prefixes = [b"[" + format_time(t) + b',"' for t in times_ms.tolist()]
+        prefixes = _prefixes(times_ms)
         joined = _joined(prefixes)
         widths = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes)) + 3  # + '"],'
         self.rows: list[memoryview] = []
@@ -148,8 +153,10 @@ def _result_pieces(result) -> list:
         extent, lo, hi, col = reuse
         frags = _fragments(extent)
         segments = [(0, col), None, (col + hi - lo, len(times))]
-    prefixes = [b"[" + format_time(t) + b',"' for t in times.tolist()]
-    joins = {seg: _joined(prefixes[seg[0]:seg[1]]) for seg in segments if seg is not None and seg[1] > seg[0]}
+    # The steps encoded here (not those spliced from an extent): their prefixes and joins.
+    encoded = [seg for seg in segments if seg is not None and seg[1] > seg[0]]
+    prefixes = {seg: _prefixes(times[seg[0]:seg[1]]) for seg in encoded}
+    joins = {seg: _joined(prefixes[seg]) for seg in encoded}
     out = [b'{"resultType":"matrix","result":[']
     sep = b'{"metric":'
     for labels, row in zip(result.labels, result.data):
@@ -159,7 +166,7 @@ def _result_pieces(result) -> list:
             if seg is None:
                 part = frags.slice(labels, lo, hi)
             elif seg[1] > seg[0]:
-                part = _values_bytes(prefixes[seg[0]:seg[1]], row[seg[0]:seg[1]], joins[seg])
+                part = _values_bytes(prefixes[seg], row[seg[0]:seg[1]], joins[seg])
             else:
                 continue
             if len(part):

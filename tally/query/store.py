@@ -312,11 +312,11 @@ class BucketStore:
         if not metas:
             return {}
         self.reads["redis_keys"] += len(metas)
+        before, after = self._redis_pattern.format(keyspace=self.keyspace, tier=tier.name, tenant=tenant,
+                                                   sid="\0").encode().split(b"\0")
+        keys = [b"%s%d%s" % (before, m.sid, after) for m in metas]
         raw = self._raw_reader()
         if raw.supported:
-            before, after = self._redis_pattern.format(keyspace=self.keyspace, tier=tier.name, tenant=tenant,
-                                                       sid="\0").encode().split(b"\0")
-            keys = [b"%s%d%s" % (before, m.sid, after) for m in metas]
             if latest_only:
                 payload = _pack_keyed([b"ZRANGE"], keys, [end_ms, start_ms, b"BYSCORE", b"REV", b"LIMIT", 0, 1])
             else:
@@ -325,8 +325,7 @@ class BucketStore:
                                             lambda replies: _decode_replies(metas, replies, columns))
         client = self._redis_client()
         pipe = client.pipeline(transaction=False)
-        for meta in metas:
-            key = self._redis_pattern.format(keyspace=self.keyspace, tier=tier.name, tenant=tenant, sid=meta.sid)
+        for key in keys:
             if latest_only:
                 pipe.zrange(key, end_ms, start_ms, byscore=True, desc=True, offset=0, num=1)
             else:
@@ -542,13 +541,11 @@ def _line(buf: bytearray, pos: int, end: int) -> tuple[bytes, int]:
     return bytes(buf[pos:eol]), eol + 2
 
 
-def _parse_reply(buf: bytearray, pos: int, end: int | None = None):
+def _parse_reply(buf: bytearray, pos: int, end: int):
     """(value, next position) of the reply at ``pos``: ("offset", count) for an array of
     fixed-stride sketch-less v2 members, a list of bytes for another array, a string for a
-    status, an exception for an error.  ``end``: where the received bytes end (default
-    len(buf)).  Raises _Incomplete when bytes are missing."""
-    if end is None:
-        end = len(buf)
+    status, an exception for an error.  ``end``: where the received bytes end.  Raises
+    _Incomplete when bytes are missing."""
     head, p = _line(buf, pos, end)
     kind = head[:1]
     if kind == b"+":
