@@ -15,7 +15,7 @@ Prints, with the workload next to the figures:
   p50 / p99.
 
 Run with the stack up and no other job on the cluster:
-  .venv/bin/python bench/pipeline.py [--series 10000] [--points 1000000] [--live-seconds 60]
+  .venv/bin/python bench/pipeline.py [--series 10000] [--points 6000000] [--parallelism 1] [--live-seconds 60]
 """
 
 from __future__ import annotations
@@ -135,35 +135,73 @@ class PointFactory:
 
         return min(bisect.bisect_left(self.cum, self.rng.random()), len(self.series) - 1)
 
-    def record(self, i, ts, pid, seq):
+    def draw(self):
+        """(series index, value) of the next point."""
+        return self.pick(), self.rng.randint(1, 199)
+
+    def record(self, i, v, ts, pid, seq):
         s = self.series[i]
         t = self.types[i]
-        v = self.rng.randint(1, 199)
         sk = f'"{self.sketches[v]}"' if t == "ms" else "null"
         return (f'{{"v":1,"tenant":"bench","sid":{s.id},"type":"{t}","ts":{ts},"count":1.0,"sum":{v}.0,'
                 f'"min":{v}.0,"max":{v}.0,"last":{v}.0,"sk":{sk},"pid":"{pid}","seq":{seq}}}').encode()
 
 
-def fill_backlog(cfg, factory, points, event_seconds, producers=16):
+def fill_backlog(cfg, factory, points, event_seconds, producers=16, workers=2):
     """Put ``points`` points over ``event_seconds`` of event time (starting an hour ago)
     into the topic, as if ``producers`` agents had sent them (each its own producer id and
-    sequence, points dealt round-robin), then a watermark tick past the end."""
+    sequence, points dealt round-robin), then a watermark tick past the end.
+
+    ``workers`` processes share the work (the Python producer, not Kafka, bounds the fill
+    rate) by Kafka partition: every worker draws the same point sequence and sends the points
+    of its own partitions, so each partition still receives its points in event-time order
+    (a partition written by two processes at different speeds would receive late points)."""
+    import multiprocessing
+
+    from kafka.partitioner.default import murmur2
+
+    from tally.producer import series_key_bytes
+
     run = uuid.uuid4().hex[:8]
-    agents = [PointProducer(cfg, producer_id=f"bench-{run}-{k}") for k in range(producers)]
-    for s, t in zip(factory.series, factory.types):
-        agents[0].register(s, t)
     start_ms = (int(time.time() * 1000) - 3_600_000) // 1000 * 1000
+    closer = PointProducer(cfg, producer_id=f"bench-{run}-end")
+    partitions = closer.points_partitions()
+    # Kafka's default partitioner (the Java client's, which kafka-python follows) for keyed records.
+    owner = [partitions[(murmur2(series_key_bytes(s.id)) & 0x7FFFFFFF) % len(partitions)] % workers
+             for s in factory.series]
     t0 = time.monotonic()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_fill_part, args=(cfg, factory, owner, points, event_seconds, producers, run,
+                                                   start_ms, worker)) for worker in range(workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    if any(proc.exitcode != 0 for proc in procs):
+        raise RuntimeError(f"backlog fill failed: exit codes {[proc.exitcode for proc in procs]}")
+    closer.tick(start_ms + event_seconds * 1000 + 10_000)  # after every point of every partition
+    closer.flush(timeout_s=300)
+    closer.close()
+    return time.monotonic() - t0, start_ms
+
+
+def _fill_part(cfg, factory, owner, points, event_seconds, producers, run, start_ms, worker):
+    """One fill process: the points whose series' partition ``owner`` gives to ``worker``."""
+    factory.rng = random.Random(1)  # the same draws in every worker
+    agents = [PointProducer(cfg, producer_id=f"bench-{run}-{k}") for k in range(producers)]
+    if worker == 0:
+        for s, t in zip(factory.series, factory.types):
+            agents[0].register(s, t)
     for n in range(points):  # pre-encoded records: the bench measures the job, not the encoder
-        i = factory.pick()
+        i, v = factory.draw()
+        if owner[i] != worker:
+            continue
         ts = start_ms + (n * event_seconds * 1000) // points
         agent = agents[n % producers]
-        agent.send_encoded(factory.series[i].id, factory.record(i, ts, agent.producer_id, agent.next_seq()))
+        agent.send_encoded(factory.series[i].id, factory.record(i, v, ts, agent.producer_id, agent.next_seq()))
     for agent in agents:
-        agent.tick(start_ms + event_seconds * 1000 + 10_000)
         agent.flush(timeout_s=300)
         agent.close()
-    return time.monotonic() - t0, start_ms
 
 
 def buckets_written(cfg, job_id):
@@ -212,9 +250,9 @@ def live_freshness(cfg, factory, rate, seconds):
             now = time.time()
             now_ms = int(now * 1000)
             for _ in range(int(rate / 20)):
-                i = factory.pick()
+                i, v = factory.draw()
                 producer.send_encoded(factory.series[i].id,
-                                      factory.record(i, now_ms, producer.producer_id, producer.next_seq()))
+                                      factory.record(i, v, now_ms, producer.producer_id, producer.next_seq()))
             if now >= next_tick:
                 producer.emit(probe, "g", now_ms, 1.0)
                 sent_buckets.append(now_ms - now_ms % 1000)
@@ -305,11 +343,14 @@ def drain(cfg, base_cfg, points, sink, group):
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=10_000)
-    parser.add_argument("--points", type=int, default=3_000_000)
+    parser.add_argument("--points", type=int, default=6_000_000)
     parser.add_argument("--event-rate", type=int, default=150_000,
                         help="points per second of event time in the backlog (the live rate it stands for)")
     parser.add_argument("--producers", type=int, default=16, help="agents the backlog comes from")
-    parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument("--parallelism", type=int, default=TallyConfig.job_parallelism,
+                        help="job parallelism (default: the job's own default)")
+    parser.add_argument("--salt-buckets", type=int, default=TallyConfig.salt_buckets,
+                        help="phase-1 salts per series (default: the job's own, 0 = auto from the parallelism)")
     parser.add_argument("--baseline-seconds", type=int, default=30)
     parser.add_argument("--live-seconds", type=int, default=60)
     parser.add_argument("--live-rate", type=float, default=5_000, help="live points/s for freshness")
@@ -325,14 +366,16 @@ def main(argv):
     cfg = dataclasses.replace(
         base_cfg, points_topic=f"bench.{run}.points", series_topic=f"bench.{run}.series",
         late_topic=f"bench.{run}.late", keyspace=f"bench_{run}", consumer_group=f"bench-{run}",
-        job_parallelism=args.parallelism, grace_seconds=args.grace_seconds, source_idle_timeout_seconds=0,
+        job_parallelism=args.parallelism, salt_buckets=args.salt_buckets, grace_seconds=args.grace_seconds,
+        source_idle_timeout_seconds=0,
     )
     event_seconds = max(1, round(args.points / args.event_rate))
     top_share = 100 / sum(1 / (r + 1) ** 1.1 for r in range(args.series))
     print(f"workload: {args.series:,} series (Zipf s=1.1: the top series has ~{top_share:.0f} % of the points), "
           f"70 % counters / 20 % gauges / 10 % timers with sketches; backlog {args.points:,} points from "
           f"{args.producers} producers over {event_seconds} s of event time ({args.event_rate:,} points per "
-          f"event-second, as a live stream at that rate); {args.parallelism} parallel, grace {args.grace_seconds} s, "
+          f"event-second, as a live stream at that rate); {args.parallelism} parallel, {cfg.phase1_salts} phase-1 "
+          f"salt(s) per series, grace {args.grace_seconds} s, "
           f"every stack service on this {os.cpu_count()}-core machine; live {args.live_rate:,.0f} points/s for "
           f"{args.live_seconds} s for freshness", flush=True)
 

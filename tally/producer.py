@@ -132,13 +132,17 @@ class PointProducer:
         returns the Kafka future."""
         return self._producer.send(self.points_topic, key=series_key_bytes(sid), value=record)
 
+    def points_partitions(self) -> list[int]:
+        """The partitions of the points topic, sorted."""
+        return sorted(self._producer.partitions_for(self.points_topic))
+
     def tick(self, ts_ms: int) -> list:
         """Send a watermark tick at ts_ms to every partition of the points topic: all points
         before ts_ms from this producer are sent (callers keep that promise).  Returns the
         Kafka futures, one per partition."""
         record = points.encode(points.tick(ts_ms, self.producer_id))
         return [self._producer.send(self.points_topic, value=record, partition=partition)
-                for partition in sorted(self._producer.partitions_for(self.points_topic))]
+                for partition in self.points_partitions()]
 
     def send_all(self, batch: Iterable[Mapping[str, Any]]) -> int:
         """Queue many points and wait until the broker acknowledged all of them."""

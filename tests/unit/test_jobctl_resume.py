@@ -83,3 +83,22 @@ def test_object_reuse_from_the_environment():
     assert TallyConfig.from_env({"TALLY_JOB_OBJECT_REUSE": "false"}).job_object_reuse is False
     with pytest.raises(ValueError, match="TALLY_JOB_OBJECT_REUSE must be true or false"):
         TallyConfig.from_env({"TALLY_JOB_OBJECT_REUSE": "maybe"})
+
+
+def test_phase1_salts_follow_the_parallelism_unless_set(monkeypatch):
+    """salt_buckets 0 (the default) is auto: one salt for a job of one subtask (a hot series
+    has nowhere to spread), 2 x parallelism above; a set value is kept whatever the
+    parallelism, and it is what the job's phase 1 groups by."""
+    import dataclasses
+
+    from jobs.aggregate import parse_args
+
+    for name in [k for k in __import__("os").environ if k.startswith("TALLY_")]:
+        monkeypatch.delenv(name)
+    auto = TallyConfig()
+    assert auto.salt_buckets == 0
+    assert [dataclasses.replace(auto, job_parallelism=p).phase1_salts for p in (1, 2, 3)] == [1, 4, 6]
+    assert dataclasses.replace(auto, job_parallelism=1, salt_buckets=8).phase1_salts == 8
+    assert TallyConfig.from_env({"TALLY_SALT_BUCKETS": "5"}).phase1_salts == 5
+    parsed, _ = parse_args(["--job-parallelism", "2"])
+    assert parsed.salt_buckets == 0 and parsed.phase1_salts == 4
