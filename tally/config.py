@@ -249,13 +249,14 @@ class TallyConfig:
     @property
     def phase1_salts(self) -> int:
         """Salts per series in the job's phase 1: ``salt_buckets``, or when it is 0 (auto) 1 for
-        a job of one subtask and 2 x parallelism otherwise.  Salting spreads a hot series over
-        the subtasks; with one subtask there is nowhere to spread it, while every salt a series
-        hits costs a partial per window (bench/pipeline.py: 4 salts took 17 % more TaskManager
-        CPU than 1 at parallelism 1).  Set it explicitly to keep it fixed when rescaling."""
+        a job of one subtask and 2 x parallelism, at most 16, otherwise.  Salting spreads a hot
+        series over the subtasks; with one subtask there is nowhere to spread it, while every
+        salt a series hits costs a partial per window (bench/pipeline.py: 4 salts took 17 %
+        more TaskManager CPU than 1 at parallelism 1).  A series with one point per window
+        costs the same at any salt count.  Set it explicitly to keep it fixed when rescaling."""
         if self.salt_buckets > 0:
             return self.salt_buckets
-        return 1 if self.job_parallelism <= 1 else 2 * self.job_parallelism
+        return 1 if self.job_parallelism <= 1 else min(2 * self.job_parallelism, 16)
 
     # Derived endpoints: every client of the stack asks the config, never a literal.
     @property

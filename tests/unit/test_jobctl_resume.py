@@ -87,8 +87,8 @@ def test_object_reuse_from_the_environment():
 
 def test_phase1_salts_follow_the_parallelism_unless_set(monkeypatch):
     """salt_buckets 0 (the default) is auto: one salt for a job of one subtask (a hot series
-    has nowhere to spread), 2 x parallelism above; a set value is kept whatever the
-    parallelism, and it is what the job's phase 1 groups by."""
+    has nowhere to spread), 2 x parallelism up to 16 above; a set value is kept whatever the
+    parallelism."""
     import dataclasses
 
     from jobs.aggregate import parse_args
@@ -97,7 +97,7 @@ def test_phase1_salts_follow_the_parallelism_unless_set(monkeypatch):
         monkeypatch.delenv(name)
     auto = TallyConfig()
     assert auto.salt_buckets == 0
-    assert [dataclasses.replace(auto, job_parallelism=p).phase1_salts for p in (1, 2, 3)] == [1, 4, 6]
+    assert [dataclasses.replace(auto, job_parallelism=p).phase1_salts for p in (1, 2, 3, 8, 256)] == [1, 4, 6, 16, 16]
     assert dataclasses.replace(auto, job_parallelism=1, salt_buckets=8).phase1_salts == 8
     assert TallyConfig.from_env({"TALLY_SALT_BUCKETS": "5"}).phase1_salts == 5
     parsed, _ = parse_args(["--job-parallelism", "2"])
