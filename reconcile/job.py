@@ -103,7 +103,7 @@ def build(t_env, source: Source, sink: Sink, cfg: TallyConfig, period: Period) -
     table = source(t_env, cfg, period)
     for name, query in sql.batch_classify_views(table, period.date, period.hours):
         t_env.create_temporary_view(name, t_env.sql_query(query))
-    for name, query in aggsql.bucket_views("classified", tiers=period.tiers, salt_buckets=cfg.salt_buckets):
+    for name, query in aggsql.bucket_views("classified", tiers=period.tiers, salt_buckets=cfg.phase1_salts):
         t_env.create_temporary_view(name, t_env.sql_query(query))
         if name == "buckets":  # one row per bucket; later views are the stream sink's packing
             break

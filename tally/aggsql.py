@@ -169,6 +169,8 @@ def bucket_views(classified: str, tiers: Sequence[Tier] = DEFAULT_TIERS,
     ``rt``) to ``buckets`` (per row) and ``sink_batches`` (packed).  ``batch_shards`` splits a tier window's buckets of a tenant
     into that many batches (by series id), so batches stay a few hundred rows and spread
     over the sink's subtasks."""
+    if salt_buckets < 1:  # MOD(seq, 0) would fail every record at run time, and the job restart forever
+        raise ValueError(f"salt_buckets must be at least 1, got {salt_buckets} (TallyConfig.phase1_salts resolves 0)")
     first = tiers[0]
     out: list[tuple[str, str]] = [
         # Every on-time point once for its own series, plus once per rollup series it feeds

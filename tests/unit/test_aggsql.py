@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from tally import aggsql
 from tally.config import REPO_ROOT, TallyConfig
 from tally.tiers import DEFAULT_TIERS
@@ -120,3 +122,11 @@ def test_on_time_feeds_each_point_to_its_series_and_its_rollup_series():
     # Late / duplicate / rejected rows stay one per point (never exploded).
     buckets = dict(aggsql.bucket_views("classified_points"))["buckets"]
     assert "UNNEST" not in buckets and "UNNEST" not in dict(aggsql.bucket_views("c"))["sink_batches"]
+
+
+def test_phase1_needs_at_least_one_salt():
+    """0 is the config's "auto", resolved by TallyConfig.phase1_salts before the SQL is built;
+    reaching the SQL it would be MOD(seq, 0), a division by zero for every record."""
+    with pytest.raises(ValueError, match="salt_buckets must be at least 1"):
+        aggsql.bucket_views("classified_points", salt_buckets=0)
+    assert "MOD(seq, 1)" in dict(aggsql.bucket_views("classified_points", salt_buckets=1))["phase1"]
