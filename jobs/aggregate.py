@@ -135,12 +135,10 @@ def _internal_stream(t_env, view: str):
     ``from_data_stream`` back; rows bridged to RowData pass both conversions as they are
     (the SQL stages alone: 7 % less TaskManager CPU, bench/pipeline.py --sink discard)."""
     from pyflink.datastream import DataStream
-    from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import load_java_class
 
-    jvm = get_gateway().jvm
     j_table = t_env.from_path(view)._j_table
-    row_data = jvm.java.lang.Class.forName("org.apache.flink.table.data.RowData", True,
-                                           jvm.java.lang.Thread.currentThread().getContextClassLoader())
+    row_data = load_java_class("org.apache.flink.table.data.RowData")
     internal = j_table.getResolvedSchema().toPhysicalRowDataType().bridgedTo(row_data)
     return DataStream(t_env._j_tenv.toDataStream(j_table, internal))
 

@@ -251,9 +251,12 @@ class TallyConfig:
         """Salts per series in the job's phase 1: ``salt_buckets``, or when it is 0 (auto) 1 for
         a job of one subtask and 2 x parallelism, at most 16, otherwise.  Salting spreads a hot
         series over the subtasks; with one subtask there is nowhere to spread it, while every
-        salt a series hits costs a partial per window (bench/pipeline.py: 4 salts took 17 %
-        more TaskManager CPU than 1 at parallelism 1).  A series with one point per window
-        costs the same at any salt count.  Set it explicitly to keep it fixed when rescaling."""
+        salt a series hits costs a partial per window (bench/pipeline.py, 6 M points at
+        parallelism 1: 83 TaskManager CPU-s with 4 salts, 69.5 with 1).  A series with one
+        point per window costs the same at any salt count.  Set it explicitly to keep it fixed
+        when rescaling."""
+        if self.salt_buckets < 0:
+            raise ValueError(f"salt_buckets must be 0 (auto) or a positive count, got {self.salt_buckets}")
         if self.salt_buckets > 0:
             return self.salt_buckets
         return 1 if self.job_parallelism <= 1 else min(2 * self.job_parallelism, 16)

@@ -100,5 +100,7 @@ def test_phase1_salts_follow_the_parallelism_unless_set(monkeypatch):
     assert [dataclasses.replace(auto, job_parallelism=p).phase1_salts for p in (1, 2, 3, 8, 256)] == [1, 4, 6, 16, 16]
     assert dataclasses.replace(auto, job_parallelism=1, salt_buckets=8).phase1_salts == 8
     assert TallyConfig.from_env({"TALLY_SALT_BUCKETS": "5"}).phase1_salts == 5
+    with pytest.raises(ValueError, match="salt_buckets must be 0 .auto. or a positive count, got -2"):
+        TallyConfig.from_env({"TALLY_SALT_BUCKETS": "-2"}).phase1_salts
     parsed, _ = parse_args(["--job-parallelism", "2"])
     assert parsed.salt_buckets == 0 and parsed.phase1_salts == 4
