@@ -148,8 +148,9 @@ class PointFactory:
 
 
 def fill_backlog(cfg, factory, points, event_seconds, producers=16, workers=2):
-    """Put ``points`` points over ``event_seconds`` of event time (starting an hour ago)
-    into the topic, as if ``producers`` agents had sent them (each its own producer id and
+    """Put ``points`` points over ``event_seconds`` of event time (ending when the fill
+    starts, so the drain minutes later writes its buckets through to Redis as a live stream
+    would: every tier keeps at least 16 min there) into the topic, as if ``producers`` agents had sent them (each its own producer id and
     sequence, points dealt round-robin), then a watermark tick past the end.
 
     ``workers`` processes share the work (the Python producer, not Kafka, bounds the fill
@@ -163,7 +164,7 @@ def fill_backlog(cfg, factory, points, event_seconds, producers=16, workers=2):
     from tally.producer import series_key_bytes
 
     run = uuid.uuid4().hex[:8]
-    start_ms = (int(time.time() * 1000) - 3_600_000) // 1000 * 1000
+    start_ms = (int(time.time() * 1000) - event_seconds * 1000) // 1000 * 1000
     closer = PointProducer(cfg, producer_id=f"bench-{run}-end")
     partitions = closer.points_partitions()
     # Kafka's default partitioner (the Java client's, which kafka-python follows) for keyed records.
@@ -204,14 +205,15 @@ def _fill_part(cfg, factory, owner, points, event_seconds, producers, run, start
         agent.close()
 
 
-def buckets_written(cfg, job_id):
-    """Bucket rows the sink has written to Cassandra (its buckets_written_<tier> counters)."""
+def buckets_written(cfg, job_id, counter="buckets_written_"):
+    """Bucket rows the sink has written to Cassandra (its buckets_written_<tier> counters;
+    ``counter="buckets_cached_"``: rows written through to Redis)."""
     for v in rest(cfg, f"/jobs/{job_id}")["vertices"]:
         if "bucket-sink" in v["name"]:
             # Ids are "<subtask>.<operator>.tally.<name>"; the aggregate endpoint takes them
             # without the subtask.
             names = sorted({m["id"].split(".", 1)[1] for m in rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/metrics")
-                            if ".tally.buckets_written_" in m["id"]})
+                            if f".tally.{counter}" in m["id"]})
             total = 0
             for name in names:
                 got = rest(cfg, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics?get={urllib.parse.quote(name)}&agg=sum")
@@ -323,7 +325,8 @@ def pct(values, q):
 
 def drain(cfg, base_cfg, points, sink, group):
     """Run the job over the whole backlog from the start (its own consumer group) with the
-    given sink; returns (read rate, bucket rows, end-to-end seconds, CPU seconds by component)."""
+    given sink; returns (read rate, bucket rows, rows also written to Redis, end-to-end
+    seconds, CPU seconds by component)."""
     run_cfg = dataclasses.replace(cfg, consumer_group=group)
     cpu0 = stack_cpu_seconds(base_cfg)
     job_id = jobctl.submit(base_cfg, "aggregate", jobctl.job_flags(run_cfg) + ["--sink", sink])
@@ -331,13 +334,14 @@ def drain(cfg, base_cfg, points, sink, group):
         rate, samples = measure_rate(run_cfg, job_id, "points", 900, until_total=points + 4)
         first_read = next(t for t, n in samples if n > 0)
         if sink == "discard":
-            done_at, rows = samples[-1][0], 0
+            done_at, rows, cached = samples[-1][0], 0, 0
         else:
             done_at, rows = wait_sink_settled(run_cfg, job_id)
+            cached = buckets_written(run_cfg, job_id, "buckets_cached_")
         cpu1 = stack_cpu_seconds(base_cfg)
     finally:
         jobctl.cancel(base_cfg, job_id)
-    return rate, rows, done_at - first_read, {k: cpu1.get(k, 0.0) - v for k, v in cpu0.items()}
+    return rate, rows, cached, done_at - first_read, {k: cpu1.get(k, 0.0) - v for k, v in cpu0.items()}
 
 
 def main(argv):
@@ -397,18 +401,18 @@ def main(argv):
         if not args.no_sql_only:
             for reuse in ((True, False) if args.object_reuse_off_too else (True,)):
                 run_cfg = dataclasses.replace(cfg, job_object_reuse=reuse)
-                rate, _, _, cpu = drain(run_cfg, base_cfg, args.points, "discard",
+                rate, _, _, _, cpu = drain(run_cfg, base_cfg, args.points, "discard",
                                         f"{cfg.consumer_group}-sql-{int(reuse)}")
                 print(f"sql only  (buckets discarded in Java{'' if reuse else ', object reuse OFF'}): read "
                       f"{rate:,.0f} points/s, ratio to baseline {rate / baseline:.3f}; CPU s: "
                       + ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items()))
                       + f"; {args.points / max(cpu.get('flink-taskmanager', 0), 1e-9):,.0f} points per "
                         f"TaskManager CPU-second", flush=True)
-        rate, rows, seconds, cpu = drain(cfg, base_cfg, args.points, "production", cfg.consumer_group)
+        rate, rows, cached, seconds, cpu = drain(cfg, base_cfg, args.points, "production", cfg.consumer_group)
         cpu_total = sum(cpu.values())
         print(f"tally     read {rate:,.0f} points/s (steady 10–90 %), ratio to baseline {rate / baseline:.3f}", flush=True)
         print(f"tally     Kafka → Cassandra: {args.points:,} points became {rows:,} bucket rows (all tiers, "
-              f"{rows / args.points:.3f} rows per point) in {seconds:.0f}s from the first read: "
+              f"{rows / args.points:.3f} rows per point; {cached:,} of them also written through to Redis) in {seconds:.0f}s from the first read: "
               f"{args.points / seconds:,.0f} points/s and {rows / seconds:,.0f} rows/s end to end, ratio to "
               f"baseline {args.points / seconds / baseline:.3f}", flush=True)
         print(f"tally     CPU seconds while draining: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items()))

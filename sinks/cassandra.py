@@ -141,18 +141,20 @@ class BucketWriter:
         the job restarts from its checkpoint (upserts make the replay harmless).  Returns the
         number of rows written."""
         from cassandra import InvalidRequest
-        from cassandra.query import BatchStatement, BatchType
+        from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
 
         tier = self._tiers[tier_name]
         statement = self._statements[tier_name]
         written_ms = int(time.time() * 1000)
-        values = [(tenant, sid, partition_start_ms(ts, tier), ts, count, total, vmin, vmax, last, last_ts, sketch, written_ms)
+        # A bucket without a sketch leaves the column unset: a null would write a tombstone.
+        values = [(tenant, sid, partition_start_ms(ts, tier), ts, count, total, vmin, vmax, last, last_ts,
+                   UNSET_VALUE if sketch is None else sketch, written_ms)
                   for sid, ts, count, total, vmin, vmax, last, last_ts, sketch in batch.tuples()]
         assert self._columns == ("tenant", "sid", "part", "ts", "count", "sum", "min", "max", "last", "last_ts",
                                  "sketch", "written_ms"), "bucket columns changed: update write_batch"
         chunks, chunk, size = [], [], 0
         for row in values:
-            row_bytes = 300 + (len(row[10]) if row[10] else 0)  # mutation overhead as Cassandra counts it
+            row_bytes = 300 + (len(row[10]) if row[10] is not UNSET_VALUE else 0)  # mutation overhead as Cassandra counts it
             if chunk and (len(chunk) >= rows_per_statement or size + row_bytes > bytes_per_statement):
                 chunks.append(chunk)
                 chunk, size = [], 0

@@ -67,7 +67,8 @@ class BucketSink(MapFunction):
                 return f"invalid:{tier}"
             written = self.writer.write_batch(tier, tenant, batch)
             self._count(f"buckets_written_{tier}", written)
-            self._cache(lambda: self.cache.write_batch(tier, tenant, batch, int(time.time() * 1000)))
+            self._cache(lambda: self._count(f"buckets_cached_{tier}",
+                                            self.cache.write_batch(tier, tenant, batch, int(time.time() * 1000))))
             return f"{kind}:{tier}"
         if kind == "grace":  # n points of a tenant's second were late within grace (aggregated)
             amount = int(row["n"])

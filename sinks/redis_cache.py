@@ -144,6 +144,15 @@ def bucket_windows_ms() -> dict[str, int]:
     return {tier: seconds * 1000 for tier, seconds in _bucket_layout()["window_seconds"].items()}
 
 
+def pack_command(args) -> bytes:
+    """One command in RESP (the Redis protocol), arguments as bytes or str()-able values."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
 def _script_args(ts: int, member: bytes, window_ms: int) -> list:
     """ARGV of _WRITE_BUCKET: bucket start, member, oldest score kept, expiry."""
     return [ts, member, ts - window_ms, window_ms]
@@ -203,23 +212,56 @@ class RedisBucketWriter:
 
     def write_batch(self, tier: str, tenant: str, batch, now_ms: int) -> int:
         """Write the batch's buckets that are recent for the tier (older ones are read from
-        Cassandra); returns how many were written.  Raises redis errors to the caller."""
+        Cassandra); returns how many were written.  Raises redis errors to the caller.
+
+        The script calls go out as one RESP payload built here (redis-py's pipeline spent
+        ~9 µs of Python per bucket packing them), then every reply is read."""
         window_ms = self._window_ms[tier]
-        oldest = now_ms - window_ms
-        recent = np.flatnonzero(batch.rows["ts"] >= oldest)
+        recent = np.flatnonzero(batch.rows["ts"] >= now_ms - window_ms)
         if not len(recent):
             return 0
         rows = batch.rows[recent]
         members = encode_rows(rows, [batch.sketches[i] for i in recent.tolist()])
-        pipe = self._client.pipeline(transaction=False)
-        for sid, ts, member in zip(rows["sid"].tolist(), rows["ts"].tolist(), members):
-            self._write_bucket(keys=[bucket_key(self._keyspace, tier, tenant, sid)],
-                               args=_script_args(ts, member, window_ms), client=pipe)
-        n = len(members)
-        if n:
-            pipe.incr(write_version_key(self._keyspace, tier, tenant))  # after the buckets
-            pipe.execute()
-        return n
+        before, after = bucket_key(self._keyspace, tier, tenant, "\0").encode().split(b"\0")
+        # EVALSHA sha 1 key ts member oldest window: the parts every bucket shares, encoded once.
+        head = pack_command([b"EVALSHA", self._write_bucket.sha, 1])
+        head = b"*8" + head[head.index(b"\r\n"):]  # 3 + the key + 4 ARGV
+        tail = pack_command([window_ms])
+        tail = tail[tail.index(b"\r\n") + 2:]
+        payload = [b"%s$%d\r\n%s%d%s\r\n$%d\r\n%d\r\n$%d\r\n%s\r\n$%d\r\n%d\r\n%s" % (
+                       head, len(before) + len(after) + len(str(sid)), before, sid, after, len(str(ts)), ts,
+                       len(member), member, len(str(ts - window_ms)), ts - window_ms, tail)
+                   for sid, ts, member in zip(rows["sid"].tolist(), rows["ts"].tolist(), members)]
+        payload.append(pack_command([b"INCR", write_version_key(self._keyspace, tier, tenant)]))  # after the buckets
+        self._execute_packed(b"".join(payload), len(payload))
+        return len(members)
+
+    def _execute_packed(self, payload: bytes, count: int) -> None:
+        """Send ``count`` commands already in RESP and read every reply; the first error
+        reply is raised (after all replies are read, so the connection stays in step).  A
+        Redis that lost the script (restarted, SCRIPT FLUSH) gets it loaded again and the
+        commands once more: they replace whole buckets, so a repeat is harmless."""
+        from redis.exceptions import NoScriptError, ResponseError
+
+        for attempt in (1, 2):
+            pool = self._client.connection_pool
+            conn = pool.get_connection()
+            errors = []
+            try:
+                conn.send_packed_command([payload])
+                for _ in range(count):
+                    try:
+                        conn.read_response()
+                    except ResponseError as exc:
+                        errors.append(exc)
+            finally:
+                pool.release(conn)
+            if not errors:
+                return
+            if attempt == 1 and any(isinstance(e, NoScriptError) for e in errors):
+                self._client.script_load(_WRITE_BUCKET)
+                continue
+            raise errors[0]
 
     def count(self, tenant: str, field: str, amount: float = 1) -> None:
         """Add to a data-quality counter."""

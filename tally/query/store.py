@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sinks.redis_cache import MEMBER_HEADER, MEMBER_VERSION, decode_members, write_version_key
+from sinks.redis_cache import MEMBER_HEADER, MEMBER_VERSION, decode_members, pack_command, write_version_key
 from tally.config import TallyConfig
 from tally.query.storage import Buckets, SeriesMeta
 from tally.schema import bucket_table, redis_layout
@@ -393,7 +393,7 @@ class RawRangeReader:
             if self.db:
                 setup.append([b"SELECT", self.db])
             if setup:
-                sock.sendall(b"".join(_pack(c) for c in setup))
+                sock.sendall(b"".join(pack_command(c) for c in setup))
                 for reply in _read_replies(_Buffer(1 << 12), _receiver(sock, time.monotonic() + self.timeout_s),
                                            len(setup)):
                     if isinstance(reply, Exception):
@@ -413,10 +413,10 @@ class RawRangeReader:
         views on the connection's receive buffer, valid only inside decode).  Raises
         ConnectionError/TimeoutError/OSError like redis-py, and RedisReplyError for an
         error reply."""
-        return await self.execute_packed(b"".join(_pack(c) for c in commands), len(commands), decode)
+        return await self.execute_packed(b"".join(pack_command(c) for c in commands), len(commands), decode)
 
     async def execute_packed(self, payload: bytes, n: int, decode=None):
-        """execute() for n commands already in RESP (``_pack``/``_pack_keyed``)."""
+        """execute() for n commands already in RESP (``pack_command``/``_pack_keyed``)."""
         return await asyncio.to_thread(self._exchange, payload, n, decode)
 
     def _exchange(self, payload: bytes, n: int, decode):
@@ -516,20 +516,12 @@ class RedisReplyError(Exception):
     """Redis answered a command with an error."""
 
 
-def _pack(args) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
 def _pack_keyed(head: list, keys: list, tail: list) -> bytes:
     """The RESP of one command per key, ``head + [key] + tail`` (a pipeline of the same
     command on many keys: the fixed parts encoded once)."""
-    pre = _pack(head)
+    pre = pack_command(head)
     pre = b"*%d" % (len(head) + 1 + len(tail)) + pre[pre.index(b"\r\n"):]
-    post = _pack(tail)
+    post = pack_command(tail)
     post = post[post.index(b"\r\n") + 2:]
     return b"".join([b"%s$%d\r\n%s\r\n%s" % (pre, len(k), k, post) for k in keys])
 

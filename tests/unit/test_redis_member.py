@@ -148,9 +148,10 @@ def test_raw_reader_leaves_tls_and_unix_sockets_to_redis_py():
 
 
 def test_pack_keyed_is_the_pipeline_of_packed_commands():
-    from tally.query.store import _pack, _pack_keyed
+    from sinks.redis_cache import pack_command
+    from tally.query.store import _pack_keyed
 
     keys = [b"ks:b:1s:acme:1", b"ks:b:1s:acme:-922337203685477580", b"k"]
     for head, tail in (([b"ZRANGE"], [5, 10, b"BYSCORE"]), ([b"ZRANGE"], [10, 5, b"BYSCORE", b"REV", b"LIMIT", 0, 1]),
                        ([b"GET"], [])):
-        assert _pack_keyed(head, keys, tail) == b"".join(_pack(head + [k] + tail) for k in keys)
+        assert _pack_keyed(head, keys, tail) == b"".join(pack_command(head + [k] + tail) for k in keys)
