@@ -130,7 +130,8 @@ class BucketStore:
             for (tier, tenant), rows in batches.items():
                 for i in range(0, len(rows), _BATCH_ROWS):
                     batch = bucketpack.unpack(bucketpack.pack(rows[i:i + _BATCH_ROWS]))
-                    written += writer.write_batch(tier, tenant, batch)
+                    # A drifted bucket is replaced whole: a stored sketch the truth lacks goes too.
+                    written += writer.write_batch(tier, tenant, batch, clear_absent_sketch=True)
         finally:
             writer.close()
         for tier_name, rows in by_tier.items():

@@ -130,7 +130,7 @@ class BucketWriter:
         return asyncio.run(run())
 
     def write_batch(self, tier_name: str, tenant: str, batch: BucketBatch, rows_per_statement: int = 100,
-                    bytes_per_statement: int = 40_000, in_flight: int = 8) -> int:
+                    bytes_per_statement: int = 40_000, in_flight: int = 8, clear_absent_sketch: bool = False) -> int:
         """Upsert a packed batch of one tier and tenant (tally.bucketpack) and wait for all of it.
 
         Rows go out as UNLOGGED batches of at most ``rows_per_statement`` upserts and about
@@ -139,22 +139,26 @@ class BucketWriter:
         ``batch_size_fail_threshold``, 50 KiB by default), at most ``in_flight`` at once.
         Each statement is retried with backoff; after max_attempts the error is raised and
         the job restarts from its checkpoint (upserts make the replay harmless).  Returns the
-        number of rows written."""
+        number of rows written.
+
+        A bucket without a sketch leaves the column unset (a null would write a tombstone per
+        counter and gauge bucket); ``clear_absent_sketch`` writes the null, for a repair that
+        must replace a stored sketch the true bucket does not have."""
         from cassandra import InvalidRequest
         from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
 
         tier = self._tiers[tier_name]
         statement = self._statements[tier_name]
         written_ms = int(time.time() * 1000)
-        # A bucket without a sketch leaves the column unset: a null would write a tombstone.
+        absent = None if clear_absent_sketch else UNSET_VALUE
         values = [(tenant, sid, partition_start_ms(ts, tier), ts, count, total, vmin, vmax, last, last_ts,
-                   UNSET_VALUE if sketch is None else sketch, written_ms)
+                   absent if sketch is None else sketch, written_ms)
                   for sid, ts, count, total, vmin, vmax, last, last_ts, sketch in batch.tuples()]
         assert self._columns == ("tenant", "sid", "part", "ts", "count", "sum", "min", "max", "last", "last_ts",
                                  "sketch", "written_ms"), "bucket columns changed: update write_batch"
         chunks, chunk, size = [], [], 0
         for row in values:
-            row_bytes = 300 + (len(row[10]) if row[10] is not UNSET_VALUE else 0)  # mutation overhead as Cassandra counts it
+            row_bytes = 300 + (len(row[10]) if row[10] is not absent else 0)  # mutation overhead as Cassandra counts it
             if chunk and (len(chunk) >= rows_per_statement or size + row_bytes > bytes_per_statement):
                 chunks.append(chunk)
                 chunk, size = [], 0
