@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+import numpy as np
+
 from sinks.aio import callback_future
 from tally.bucketpack import BucketBatch
 from tally.config import TallyConfig
@@ -23,6 +25,13 @@ from tally.series import parse_key
 from tally.tiers import DEFAULT_TIERS, Tier, partition_start_ms
 
 log = logging.getLogger(__name__)
+
+
+def _cells(column: np.ndarray, dtype: str) -> list[bytes]:
+    """A numeric column as one fixed-size big-endian value per row (CQL's encoding)."""
+    raw = np.ascontiguousarray(column, dtype=dtype).tobytes()
+    size = np.dtype(dtype).itemsize
+    return [raw[i:i + size] for i in range(0, len(raw), size)]
 
 
 def ensure_schema(cfg: TallyConfig, replication: str | None = None) -> None:
@@ -145,20 +154,13 @@ class BucketWriter:
         counter and gauge bucket); ``clear_absent_sketch`` writes the null, for a repair that
         must replace a stored sketch the true bucket does not have."""
         from cassandra import InvalidRequest
-        from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
+        from cassandra.query import BatchStatement, BatchType, BoundStatement
 
-        tier = self._tiers[tier_name]
-        statement = self._statements[tier_name]
-        written_ms = int(time.time() * 1000)
-        absent = None if clear_absent_sketch else UNSET_VALUE
-        values = [(tenant, sid, partition_start_ms(ts, tier), ts, count, total, vmin, vmax, last, last_ts,
-                   absent if sketch is None else sketch, written_ms)
-                  for sid, ts, count, total, vmin, vmax, last, last_ts, sketch in batch.tuples()]
-        assert self._columns == ("tenant", "sid", "part", "ts", "count", "sum", "min", "max", "last", "last_ts",
-                                 "sketch", "written_ms"), "bucket columns changed: update write_batch"
+        values = self.serialized_values(tier_name, tenant, batch, clear_absent_sketch)
         chunks, chunk, size = [], [], 0
         for row in values:
-            row_bytes = 300 + (len(row[10]) if row[10] is not absent else 0)  # mutation overhead as Cassandra counts it
+            # The mutation overhead as Cassandra counts it, plus the sketch.
+            row_bytes = 300 + (len(row[10]) if isinstance(row[10], bytes) else 0)
             if chunk and (len(chunk) >= rows_per_statement or size + row_bytes > bytes_per_statement):
                 chunks.append(chunk)
                 chunk, size = [], 0
@@ -167,11 +169,15 @@ class BucketWriter:
         if chunk:
             chunks.append(chunk)
 
+        statement = self._statements[tier_name]
+
         def make(chunk):
             stmt = BatchStatement(batch_type=BatchType.UNLOGGED)
             stmt.is_idempotent = True
             for row in chunk:
-                stmt.add(statement, row)
+                bound = BoundStatement(statement)
+                bound.values = row
+                stmt.add(bound)
             return stmt
 
         pending = [(chunk, 1) for chunk in chunks]
@@ -196,6 +202,31 @@ class BucketWriter:
                 time.sleep(self._delay(max(a for _, a in failed)))
                 pending = [(chunk, attempt + 1) for chunk, attempt in failed] + pending
         return len(values)
+
+    def serialized_values(self, tier_name: str, tenant: str, batch: BucketBatch,
+                          clear_absent_sketch: bool = False) -> list[list]:
+        """Each row's bound values in the prepared statement's column order, serialized as the
+        driver's ``PreparedStatement.bind`` would (CQL bigint and double: 8 bytes big-endian,
+        text: UTF-8, blob: the bytes), but a column at a time with numpy: binding row by row
+        cost ~10 µs of Python per bucket.  An absent sketch is the driver's UNSET_VALUE (no
+        tombstone), or None with ``clear_absent_sketch``."""
+        from cassandra.query import UNSET_VALUE
+
+        if self._columns != ("tenant", "sid", "part", "ts", "count", "sum", "min", "max", "last", "last_ts",
+                             "sketch", "written_ms"):
+            raise AssertionError(f"bucket columns changed to {self._columns}: update serialized_values")
+        tier = self._tiers[tier_name]
+        rows = batch.rows
+        ts = rows["ts"].astype(np.int64)
+        columns = [_cells(rows["sid"], ">i8"), _cells(ts - np.mod(ts, tier.partition_ms), ">i8"), _cells(ts, ">i8")]
+        columns += [_cells(rows[name], ">f8") for name in ("count", "sum", "min", "max", "last")]
+        columns.append(_cells(rows["last_ts"], ">i8"))
+        absent = None if clear_absent_sketch else UNSET_VALUE
+        sketches = [absent if sketch is None else bytes(sketch) for sketch in batch.sketches]
+        tenant_cell = tenant.encode("utf-8")
+        written_cell = int(time.time() * 1000).to_bytes(8, "big", signed=True)
+        return [[tenant_cell, sid, part, t, count, total, vmin, vmax, last, last_ts, sketch, written_cell]
+                for sid, part, t, count, total, vmin, vmax, last, last_ts, sketch in zip(*columns, sketches)]
 
     def index_series(self, registration: Mapping) -> None:
         """Upsert a series index row from a registration record (schemas/series.json)."""

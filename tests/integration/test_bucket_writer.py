@@ -1,6 +1,7 @@
 """The Cassandra bucket upserts (sinks.cassandra.BucketWriter.write_batch) on the real node:
 a bucket without a sketch leaves the column unset (no tombstone per counter bucket), and a
-repair that must drop a stored sketch clears it."""
+repair that must drop a stored sketch clears it; the values serialized a column at a time are
+byte for byte what the driver binds."""
 
 from __future__ import annotations
 
@@ -61,3 +62,27 @@ def test_absent_sketch_is_left_unset_unless_a_repair_clears_it(keyspace_cfg):
     finally:
         writer.close()
         cluster.shutdown()
+
+
+def test_values_serialized_a_column_at_a_time_are_what_the_driver_binds(keyspace_cfg):
+    from cassandra.query import UNSET_VALUE
+
+    ts = 1_700_000_123_000
+    sketch = Sketch()
+    sketch.add(-2.0)
+    rows = [(-922337203685477580, ts, 1.0, -0.0, float("-inf"), 1e300, 2.5e-300, ts - 999, sketch.to_bytes()),
+            (2**62, ts + 1000, 3.0, 7.25, 1.0, 4.0, 2.0, ts + 1500, None)]
+    writer = BucketWriter(keyspace_cfg)
+    try:
+        for clear in (False, True):
+            ours = writer.serialized_values(TIER.name, "acmé", unpack(pack(rows)), clear_absent_sketch=clear)
+            statement = writer._statements[TIER.name]
+            for row, got in zip(rows, ours):
+                sid, t, count, total, vmin, vmax, last, last_ts, sk = row
+                absent = None if clear else UNSET_VALUE
+                expected = statement.bind(("acmé", sid, partition_start_ms(t, TIER), t, count, total, vmin, vmax,
+                                           last, last_ts, absent if sk is None else sk, 0)).values
+                assert got[:11] == expected[:11]
+                assert abs(int.from_bytes(got[11], "big", signed=True) - time.time() * 1000) < 60_000
+    finally:
+        writer.close()
