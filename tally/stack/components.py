@@ -393,6 +393,9 @@ class Flink:
             # has no G1 write barriers or concurrent refinement; on the pipeline bench its
             # CPU per drain fell from 68-77 to 57-60 CPU-s (pauses stay tens of ms).
             "env.java.opts.taskmanager": "-XX:+UseParallelGC",
+            # The JobManager coordinates and serves REST; its C2 compiler threads used 1-4 CPU-s
+            # per bench drain (each job's REST and checkpoint paths): C1 alone is enough there.
+            "env.java.opts.jobmanager": "-XX:TieredStopAtLevel=1",
             "jobmanager.bind-host": cfg.host,
             "jobmanager.rpc.address": cfg.host,
             "jobmanager.rpc.port": cfg.ports.flink_rpc,
