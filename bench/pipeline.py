@@ -150,8 +150,9 @@ class PointFactory:
 def fill_backlog(cfg, factory, points, event_seconds, producers=16, workers=2):
     """Put ``points`` points over ``event_seconds`` of event time (ending when the fill
     starts, so the drain minutes later writes its buckets through to Redis as a live stream
-    would: every tier keeps at least 16 min there) into the topic, as if ``producers`` agents had sent them (each its own producer id and
-    sequence, points dealt round-robin), then a watermark tick past the end.
+    would: every tier keeps at least 16 min there) into the topic, as if ``producers``
+    agents had sent them (each its own producer id and sequence, points dealt round-robin),
+    then a watermark tick past the end.
 
     ``workers`` processes share the work (the Python producer, not Kafka, bounds the fill
     rate) by Kafka partition: every worker draws the same point sequence and sends the points
@@ -412,7 +413,8 @@ def main(argv):
         cpu_total = sum(cpu.values())
         print(f"tally     read {rate:,.0f} points/s (steady 10–90 %), ratio to baseline {rate / baseline:.3f}", flush=True)
         print(f"tally     Kafka → Cassandra: {args.points:,} points became {rows:,} bucket rows (all tiers, "
-              f"{rows / args.points:.3f} rows per point; {cached:,} of them also written through to Redis) in {seconds:.0f}s from the first read: "
+              f"{rows / args.points:.3f} rows per point; {cached:,} of them also written through to Redis) "
+              f"in {seconds:.0f}s from the first read: "
               f"{args.points / seconds:,.0f} points/s and {rows / seconds:,.0f} rows/s end to end, ratio to "
               f"baseline {args.points / seconds / baseline:.3f}", flush=True)
         print(f"tally     CPU seconds while draining: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items()))

@@ -391,7 +391,7 @@ class Flink:
             "env.java.opts.all": java_opts,
             # The TaskManager is a throughput process on a small heap: the parallel collector
             # has no G1 write barriers or concurrent refinement; on the pipeline bench its
-            # CPU per drain fell from 68-77 to 57-60 CPU-s (pauses stay tens of ms).
+            # CPU per 6 M-point drain fell from 68-77 to 57-60 CPU-s.
             "env.java.opts.taskmanager": "-XX:+UseParallelGC",
             # The JobManager coordinates and serves REST; its C2 compiler threads used 1-4 CPU-s
             # per bench drain (each job's REST and checkpoint paths): C1 alone is enough there.
