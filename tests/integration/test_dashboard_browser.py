@@ -143,16 +143,18 @@ def _send(cfg) -> tuple[int, dict]:
     base -= base % 10_000
     sent = {}
     replay = None
+    series = {(region, host): series_id(TENANT, METRIC, {"region": region, "host": host})
+              for region in ("eu", "us") for host in ("a", "b")}
     try:
-        for region in ("eu", "us"):
-            for host in ("a", "b"):
-                sid = series_id(TENANT, METRIC, {"region": region, "host": host})
-                sent[(region, host)] = []
-                for s in range(SECONDS):
-                    for k, v in enumerate(_values(region, host, s)):
-                        point = producer.emit(sid, "d", base + s * 1000 + k * 100, v)
-                        sent[(region, host)].append(v)
-                        replay = replay or point
+        # In event-time order across series, as agents send: series share Kafka partitions,
+        # and one series' minute after another's would put the second minute's first
+        # seconds beyond grace whenever a watermark is emitted between the two.
+        for s in range(SECONDS):
+            for (region, host), sid in series.items():
+                for k, v in enumerate(_values(region, host, s)):
+                    point = producer.emit(sid, "d", base + s * 1000 + k * 100, v)
+                    sent.setdefault((region, host), []).append(v)
+                    replay = replay or point
         producer.send(replay)  # the same point again (same producer id and sequence): a duplicate
         producer.tick(base + SECONDS * 1000 + 10_000)
         producer.flush()
