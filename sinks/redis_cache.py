@@ -204,14 +204,9 @@ class RedisBucketWriter:
 
     def __init__(self, cfg: TallyConfig):
         import redis
-        from redis.backoff import ExponentialBackoff
-        from redis.retry import Retry
 
         self._keyspace = cfg.keyspace
-        # A lost connection or a timeout is retried 3 times (0.1 s, 0.2 s, 0.4 s apart) on a
-        # new connection; a client from a URL would not retry at all.
-        self._client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5,
-                                            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3))
+        self._client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._write_bucket = self._client.register_script(_WRITE_BUCKET)
         self._window_ms = bucket_windows_ms()
 
@@ -244,27 +239,21 @@ class RedisBucketWriter:
     def _execute_packed(self, payload: bytes, count: int) -> None:
         """Send ``count`` commands already in RESP and read every reply; the first error
         reply is raised (after all replies are read, so the connection stays in step).  A
-        lost connection or a timeout is retried (the client's retry policy, reconnecting in
-        between, as redis-py retries a pipeline), and a Redis that lost the script
-        (restarted, SCRIPT FLUSH) gets it loaded again: either way the commands go once
-        more, which is harmless as they replace whole buckets."""
+        Redis that lost the script (restarted, SCRIPT FLUSH) gets it loaded again and the
+        commands once more: they replace whole buckets, so a repeat is harmless."""
         from redis.exceptions import NoScriptError, ResponseError
-
-        def exchange(conn) -> list:
-            conn.send_packed_command([payload])
-            errors = []
-            for _ in range(count):
-                try:
-                    conn.read_response()
-                except ResponseError as exc:
-                    errors.append(exc)
-            return errors
 
         for attempt in (1, 2):
             pool = self._client.connection_pool
             conn = pool.get_connection()
+            errors = []
             try:
-                errors = conn.retry.call_with_retry(lambda: exchange(conn), lambda _error: conn.disconnect())
+                conn.send_packed_command([payload])
+                for _ in range(count):
+                    try:
+                        conn.read_response()
+                    except ResponseError as exc:
+                        errors.append(exc)
             finally:
                 pool.release(conn)
             if not errors:
