@@ -63,6 +63,8 @@ def test_node_configs_name_each_address_one_seed_and_replicated_internal_topics(
         assert 'seeds: "127.0.0.1:28070"' in text
         assert f"initial_token: {topology.cassandra_token(i, 3)}\n" in text
         assert f"cassandra-{i}/data" in text
+        # three nodes share the machine: smaller memtables than the single node's
+        assert "memtable_heap_space: 64MiB\n" in text and "memtable_offheap_space: 96MiB\n" in text
     assert CassandraNodes().process_names_for(cfg) == ("cassandra-1", "cassandra-2", "cassandra-3")
 
     kafka = KafkaNodes()
