@@ -70,7 +70,7 @@ def production_sink(t_env, buckets, cfg: TallyConfig) -> None:
     _discard(written, "bucket-sink-end")
 
     t_env.execute_sql(aggsql.kafka_series_ddl(cfg, "series_registrations"))
-    registrations = t_env.to_data_stream(t_env.from_path("series_registrations"))
+    registrations = t_env.to_data_stream(t_env.sql_query(aggsql.series_batches_sql("series_registrations")))
     indexed = (registrations.map(SeriesIndexSink(cfg), output_type=Types.STRING())
                .name("series-index-sink").uid("series-index-sink"))
     _discard(indexed, "series-index-end")

@@ -153,32 +153,44 @@ class BucketWriter:
         A bucket without a sketch leaves the column unset (a null would write a tombstone per
         counter and gauge bucket); ``clear_absent_sketch`` writes the null, for a repair that
         must replace a stored sketch the true bucket does not have."""
-        from cassandra import InvalidRequest
-        from cassandra.query import BatchStatement, BatchType, BoundStatement
+        from cassandra.query import BoundStatement
 
         values = self.serialized_values(tier_name, tenant, batch, clear_absent_sketch)
-        chunks, chunk, size = [], [], 0
+        statement = self._statements[tier_name]
+        bound = []
         for row in values:
-            # The mutation overhead as Cassandra counts it, plus the sketch.
-            row_bytes = 300 + (len(row[10]) if isinstance(row[10], bytes) else 0)
+            stmt = BoundStatement(statement)
+            stmt.values = row
+            bound.append(stmt)
+        # The mutation overhead as Cassandra counts it, plus the sketch.
+        sizes = [300 + (len(row[10]) if isinstance(row[10], bytes) else 0) for row in values]
+        self._execute_unlogged(bound, sizes, rows_per_statement, bytes_per_statement, in_flight)
+        return len(values)
+
+    def _execute_unlogged(self, bound: list, sizes: list[int], rows_per_statement: int = 100,
+                          bytes_per_statement: int = 40_000, in_flight: int = 8) -> None:
+        """Execute bound upserts as UNLOGGED batches of at most ``rows_per_statement`` and about
+        ``bytes_per_statement`` bytes, at most ``in_flight`` at once, each retried with backoff;
+        returns when all are acknowledged, raises after max_attempts."""
+        from cassandra import InvalidRequest
+        from cassandra.query import BatchStatement, BatchType
+
+        chunks, chunk, size = [], [], 0
+        for stmt, row_bytes in zip(bound, sizes):
             if chunk and (len(chunk) >= rows_per_statement or size + row_bytes > bytes_per_statement):
                 chunks.append(chunk)
                 chunk, size = [], 0
-            chunk.append(row)
+            chunk.append(stmt)
             size += row_bytes
         if chunk:
             chunks.append(chunk)
 
-        statement = self._statements[tier_name]
-
         def make(chunk):
-            stmt = BatchStatement(batch_type=BatchType.UNLOGGED)
-            stmt.is_idempotent = True
-            for row in chunk:
-                bound = BoundStatement(statement)
-                bound.values = row
-                stmt.add(bound)
-            return stmt
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            batch.is_idempotent = True
+            for stmt in chunk:
+                batch.add(stmt)
+            return batch
 
         pending = [(chunk, 1) for chunk in chunks]
         while pending:
@@ -194,14 +206,13 @@ class BucketWriter:
                     raise
                 except Exception as exc:  # unavailable, timeouts, connection loss
                     if attempt >= self.max_attempts:
-                        raise RuntimeError(f"bucket batch write failed after {attempt} attempts: {exc!r}") from exc
+                        raise RuntimeError(f"batch write failed after {attempt} attempts: {exc!r}") from exc
                     self.retried += 1
-                    log.warning("bucket batch write failed (%r), retry %d in %.1fs", exc, attempt, self._delay(attempt))
+                    log.warning("batch write failed (%r), retry %d in %.1fs", exc, attempt, self._delay(attempt))
                     failed.append((chunk, attempt))
             if failed:
                 time.sleep(self._delay(max(a for _, a in failed)))
                 pending = [(chunk, attempt + 1) for chunk, attempt in failed] + pending
-        return len(values)
 
     def serialized_values(self, tier_name: str, tenant: str, batch: BucketBatch,
                           clear_absent_sketch: bool = False) -> list[list]:
@@ -228,13 +239,37 @@ class BucketWriter:
         return [[tenant_cell, sid, part, t, count, total, vmin, vmax, last, last_ts, sketch, written_cell]
                 for sid, part, t, count, total, vmin, vmax, last, last_ts, sketch in zip(*columns, sketches)]
 
+    @staticmethod
+    def _index_values(registration: Mapping) -> tuple:
+        """The series index row of a registration (schemas/series.json); ValueError if its key
+        is not a canonical series key or does not hash to its sid."""
+        key, sid_field = registration.get("series"), registration.get("sid")
+        if not isinstance(key, str) or not isinstance(sid_field, int):
+            raise ValueError(f"registration needs a series key and an integer sid: {dict(registration)!r}")
+        sid = parse_key(key)
+        if sid.id != sid_field:
+            raise ValueError(f"series key {key!r} does not hash to sid {sid_field}")
+        return (sid.tenant, sid.name, sid.id, sid.key, sid.tag_dict, registration.get("type"))
+
     def index_series(self, registration: Mapping) -> None:
         """Upsert a series index row from a registration record (schemas/series.json)."""
-        sid = parse_key(registration["series"])
-        if sid.id != registration["sid"]:
-            raise ValueError(f"series key {registration['series']!r} does not hash to sid {registration['sid']}")
-        self._session.execute(self._index, (sid.tenant, sid.name, sid.id, sid.key, sid.tag_dict,
-                                            registration.get("type")))
+        self._session.execute(self._index, self._index_values(registration))
+
+    def index_series_batch(self, registrations: Iterable[Mapping]) -> tuple[int, list[str]]:
+        """Upsert the index rows of many registrations (duplicates once) as UNLOGGED batches and
+        wait for all of them; returns (rows written, one error message per invalid
+        registration).  An invalid registration costs none of the valid ones."""
+        rows, errors = {}, []
+        for registration in registrations:
+            try:
+                values = self._index_values(registration)
+            except ValueError as exc:
+                errors.append(str(exc))
+                continue
+            rows[values[:3]] = values  # the primary key: a later registration of it wins
+        bound = [self._index.bind(values) for values in rows.values()]
+        self._execute_unlogged(bound, [300 + 2 * len(values[3]) for values in rows.values()])
+        return len(bound), errors
 
     def close(self) -> None:
         self._cluster.shutdown()

@@ -103,7 +103,8 @@ class BucketSink(MapFunction):
 
 
 class SeriesIndexSink(MapFunction):
-    """Upserts series registrations into the series index (low volume, synchronous)."""
+    """Upserts series registrations into the series index, a second's worth at a time: input
+    rows are ``tally.aggsql.series_batches_sql`` groups (a JSON array of registrations)."""
 
     def __init__(self, cfg: TallyConfig):
         self.cfg = cfg
@@ -120,14 +121,14 @@ class SeriesIndexSink(MapFunction):
         self.invalid = group.counter("series_invalid")
 
     def map(self, row):
-        try:
-            self.writer.index_series({"sid": row["sid"], "series": row["series"], "type": row["type"]})
-            self.indexed.inc()
-            return "indexed"
-        except ValueError as exc:
-            self.invalid.inc()
-            log.warning("invalid series registration: %s", exc)
-            return "invalid"
+        import json
+
+        written, errors = self.writer.index_series_batch(json.loads(row["batch"]))
+        self.indexed.inc(written)
+        if errors:
+            self.invalid.inc(len(errors))
+            log.warning("%d invalid series registration(s), first: %s", len(errors), errors[0])
+        return f"indexed:{written}"
 
     def close(self):
         if self.writer is not None:

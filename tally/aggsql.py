@@ -95,13 +95,26 @@ CREATE TEMPORARY TABLE {table} (
 
 
 def kafka_series_ddl(cfg: TallyConfig, table: str = "series_registrations") -> str:
-    """The series registration topic as a table."""
+    """The series registration topic as a table with processing time ``pt``."""
     return f"""
 CREATE TEMPORARY TABLE {table} (
-  {_columns_ddl(series_sql_columns())}
+  {_columns_ddl(series_sql_columns())},
+  pt AS PROCTIME()
 ) WITH (
   {_kafka_json_source(cfg, cfg.series_topic, cfg.consumer_group + "-series")}
 )"""
+
+
+def series_batches_sql(table: str = "series_registrations", shards: int = 4) -> str:
+    """The registrations of each second of processing time, split by series id into ``shards``
+    groups, as one row per group: ``n`` and ``batch``, a JSON array of {sid, series, type}.
+    The index sink writes a group as a few UNLOGGED batches: one registration at a time cost
+    ~0.7 CPU-ms (driver and Cassandra) each, 7 CPU-s when a job starts on 10,000 series."""
+    return f"""
+SELECT COUNT(*) AS n,
+       JSON_ARRAYAGG(JSON_OBJECT('sid' VALUE sid, 'series' VALUE series, 'type' VALUE `type`)) AS batch
+FROM TABLE(TUMBLE(TABLE {table}, DESCRIPTOR(pt), INTERVAL '1' SECOND))
+GROUP BY window_start, window_end, MOD(sid, {shards})"""
 
 
 def interval(seconds: int) -> str:

@@ -86,3 +86,38 @@ def test_values_serialized_a_column_at_a_time_are_what_the_driver_binds(keyspace
                 assert abs(int.from_bytes(got[11], "big", signed=True) - time.time() * 1000) < 60_000
     finally:
         writer.close()
+
+
+def test_series_index_batch_writes_the_valid_registrations_and_reports_each_invalid_one(keyspace_cfg):
+    from tally.series import series_id
+
+    cfg = keyspace_cfg
+    a = series_id("acme", "http.requests", {"host": "a", "dc": "eu"})
+    b = series_id("acme", "http.requests", {"host": "b"})
+    other = series_id("acme", "queue.depth", {})
+    registrations = [
+        {"sid": a.id, "series": a.key, "type": "c"},
+        {"sid": a.id, "series": a.key, "type": "c"},  # a replay: one row
+        {"sid": b.id + 1, "series": b.key, "type": "c"},  # wrong sid
+        {"sid": None, "series": other.key, "type": "g"},  # a field of the wrong type became null
+        {"sid": 7, "series": "not a series key", "type": "g"},
+        {"sid": b.id, "series": b.key, "type": "c"},
+        *({"sid": s.id, "series": s.key, "type": "g"}
+          for s in (series_id("acme", "queue.depth", {"q": str(i)}) for i in range(250))),
+    ]
+    writer = BucketWriter(cfg)
+    cluster, session = connect(cfg)
+    try:
+        written, errors = writer.index_series_batch(registrations)
+        assert written == 252 and len(errors) == 3
+        assert str(b.id + 1) in errors[0] and "integer sid" in errors[1] and "not a series key" in errors[2]
+        rows = session.execute(f"SELECT sid, series, tags, mtype FROM {cfg.keyspace}.series "
+                               "WHERE tenant = 'acme' AND name = 'http.requests'")
+        assert {(r.sid, r.series, tuple(sorted(r.tags.items())), r.mtype) for r in rows} == {
+            (a.id, a.key, (("dc", "eu"), ("host", "a")), "c"), (b.id, b.key, (("host", "b"),), "c")}
+        depth = session.execute(f"SELECT count(*) FROM {cfg.keyspace}.series "
+                                "WHERE tenant = 'acme' AND name = 'queue.depth'").one()
+        assert depth.count == 250
+    finally:
+        cluster.shutdown()
+        writer.close()
