@@ -98,8 +98,12 @@ class BucketWriter:
         self._index.is_idempotent = True
 
     def _values(self, tier: Tier, row: BucketRow) -> tuple:
+        """The row's bound values; an absent sketch is left unset as in serialized_values."""
+        from cassandra.query import UNSET_VALUE
+
         # Not dataclasses.asdict: it deep-copies, and this runs once per bucket.
-        derived = {"part": partition_start_ms(row.ts, tier), "written_ms": int(time.time() * 1000)}
+        derived = {"part": partition_start_ms(row.ts, tier), "written_ms": int(time.time() * 1000),
+                   "sketch": UNSET_VALUE if row.sketch is None else row.sketch}
         return tuple(derived[c] if c in derived else getattr(row, c) for c in self._columns)
 
     def _delay(self, attempt: int) -> float:

@@ -14,6 +14,7 @@ an older job is read correctly until its members age out of the window.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from functools import lru_cache
 
@@ -144,17 +145,30 @@ def bucket_windows_ms() -> dict[str, int]:
     return {tier: seconds * 1000 for tier, seconds in _bucket_layout()["window_seconds"].items()}
 
 
+def _bulk(value) -> bytes:
+    """One RESP bulk string: bytes as they are, anything else as its str()."""
+    value = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
 def pack_command(args) -> bytes:
     """One command in RESP (the Redis protocol), arguments as bytes or str()-able values."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
 
 
-def _script_args(ts: int, member: bytes, window_ms: int) -> list:
-    """ARGV of _WRITE_BUCKET: bucket start, member, oldest score kept, expiry."""
+def _bulk_column(values) -> list[bytes] | bytes:
+    """RESP bulk strings of a column of arguments (a numpy array or a list), or of one
+    argument every command shares (encoded once)."""
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    if isinstance(values, list):
+        return [_bulk(v) for v in values]
+    return _bulk(values)
+
+
+def _script_args(ts, member, window_ms: int) -> list:
+    """ARGV of _WRITE_BUCKET: bucket start, member, oldest score kept, expiry.  For one bucket,
+    or a batch's columns (ts a numpy array, member a list): the packed writer's order too."""
     return [ts, member, ts - window_ms, window_ms]
 
 
@@ -223,15 +237,16 @@ class RedisBucketWriter:
         rows = batch.rows[recent]
         members = encode_rows(rows, [batch.sketches[i] for i in recent.tolist()])
         before, after = bucket_key(self._keyspace, tier, tenant, "\0").encode().split(b"\0")
-        # EVALSHA sha 1 key ts member oldest window: the parts every bucket shares, encoded once.
+        # EVALSHA sha 1 key ARGV...: the script's arguments a column at a time, in the order
+        # _script_args gives them (a shared one is encoded once).
+        argv = _script_args(rows["ts"].astype(np.int64), members, window_ms)
         head = pack_command([b"EVALSHA", self._write_bucket.sha, 1])
-        head = b"*8" + head[head.index(b"\r\n"):]  # 3 + the key + 4 ARGV
-        tail = pack_command([window_ms])
-        tail = tail[tail.index(b"\r\n") + 2:]
-        payload = [b"%s$%d\r\n%s%d%s\r\n$%d\r\n%d\r\n$%d\r\n%s\r\n$%d\r\n%d\r\n%s" % (
-                       head, len(before) + len(after) + len(str(sid)), before, sid, after, len(str(ts)), ts,
-                       len(member), member, len(str(ts - window_ms)), ts - window_ms, tail)
-                   for sid, ts, member in zip(rows["sid"].tolist(), rows["ts"].tolist(), members)]
+        head = b"*%d" % (4 + len(argv)) + head[head.index(b"\r\n"):]
+        columns = [head, [_bulk(b"%s%d%s" % (before, sid, after)) for sid in rows["sid"].tolist()]]
+        columns += [_bulk_column(arg) for arg in argv]
+        shared = [isinstance(c, bytes) for c in columns]
+        payload = [b"".join(parts) for parts in zip(*(itertools.repeat(c) if one else c
+                                                      for c, one in zip(columns, shared)))]
         payload.append(pack_command([b"INCR", write_version_key(self._keyspace, tier, tenant)]))  # after the buckets
         self._execute_packed(b"".join(payload), len(payload))
         return len(members)

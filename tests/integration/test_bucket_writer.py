@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from sinks.cassandra import BucketWriter, drop_keyspace, ensure_schema
+from sinks.cassandra import BucketRow, BucketWriter, drop_keyspace, ensure_schema
 from tally.bucketpack import pack, unpack
 from tally.cql import connect
 from tally.schema import bucket_table
@@ -59,6 +59,12 @@ def test_absent_sketch_is_left_unset_unless_a_repair_clears_it(keyspace_cfg):
         writer.write_batch(TIER.name, "acme", unpack(pack([(1, ts, 5.0, 9.0, 1.0, 3.0, 3.0, ts, None)])),
                            clear_absent_sketch=True)
         assert (stored(1).count, stored(1).sketch) == (5.0, None)
+
+        # The row-at-a-time upsert (BucketWriter.write, the query benches' loader) follows the
+        # same rule: a sketch-less row leaves a stored sketch alone.
+        writer.write_batch(TIER.name, "acme", unpack(pack([(3, ts, 1.0, 3.0, 3.0, 3.0, 3.0, ts, sketch.to_bytes())])))
+        assert writer.write(TIER.name, [BucketRow("acme", 3, ts, 2.0, 6.0, 3.0, 3.0, 3.0, ts)]) == 1
+        assert (stored(3).count, stored(3).sketch) == (2.0, sketch.to_bytes())
     finally:
         writer.close()
         cluster.shutdown()
