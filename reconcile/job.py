@@ -91,6 +91,9 @@ def archive_source(t_env, cfg: TallyConfig, period: Period) -> str:
     return "archive"
 
 
+RESTART_ATTEMPTS = 2  # of the reconciliation job on the cluster (it is a batch job)
+
+
 def build(t_env, source: Source, sink: Sink, cfg: TallyConfig, period: Period) -> Report:
     """Wire the batch job on ``t_env`` (a batch TableEnvironment) and hand the ``buckets``
     table (tally.aggsql.BUCKET_COLUMNS) to ``sink``; returns the sink's report."""
@@ -99,6 +102,11 @@ def build(t_env, source: Source, sink: Sink, cfg: TallyConfig, period: Period) -
     conf = t_env.get_config()
     conf.set("table.local-time-zone", aggsql.JOB_SETTINGS["table.local-time-zone"])
     conf.set("pipeline.name", job_name(cfg, period))
+    # A failure that repeats (bad data, a bug) surfaces after RESTART_ATTEMPTS, not after the
+    # cluster's 1,000 restarts meant for the streaming job; a lost TaskManager is still retried.
+    conf.set("restart-strategy.type", "fixed-delay")
+    conf.set("restart-strategy.fixed-delay.attempts", str(RESTART_ATTEMPTS))
+    conf.set("restart-strategy.fixed-delay.delay", "2 s")
     register_udfs(t_env)
     table = source(t_env, cfg, period)
     for name, query in sql.batch_classify_views(table, period.date, period.hours):

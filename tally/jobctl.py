@@ -50,6 +50,11 @@ def list_jobs(cfg: TallyConfig) -> list[dict]:
     return [{"id": j["jid"], "name": j["name"], "status": j["state"]} for j in overview.get("jobs", [])]
 
 
+def execution_config(cfg: TallyConfig, job_id: str) -> dict:
+    """A job's execution config as the cluster reports it (restart strategy, parallelism...)."""
+    return _rest(cfg, f"/jobs/{job_id}/config").get("execution-config", {})
+
+
 def running_job(cfg: TallyConfig, name: str) -> str | None:
     """The id of a non-terminal job with this exact name, if any."""
     for job in list_jobs(cfg):

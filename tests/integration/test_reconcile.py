@@ -18,7 +18,7 @@ import pytest
 
 from reconcile import job
 from reconcile.store import BucketStore
-from tally import archive
+from tally import archive, jobctl
 from tally.cql import connect
 from tally.producer import PointProducer
 from tally.series import series_id
@@ -207,6 +207,13 @@ def test_reconcile_repairs_injected_drift_and_late_points(pipeline, tmp_path, ca
     with capfd.disabled():
         print(before + "on the cluster:\n" + out)
     assert f"buckets checked {len(truth)}, missing 0, drifted 0, repaired 0" in out
+    # Its own restart limit, not the streaming job's 1,000 attempts (a repeating failure
+    # surfaces in seconds).
+    ran = [j["id"] for j in jobctl.list_jobs(stream_cfg) if j["name"] == job.job_name(cfg, period)]
+    assert ran, jobctl.list_jobs(stream_cfg)
+    restart = jobctl.execution_config(stream_cfg, ran[-1])["restart-strategy"]
+    print("reconcile job restart strategy:", restart)
+    assert "fixed delay" in restart.lower() and f"#{job.RESTART_ATTEMPTS} restart attempts" in restart, restart
 
 
 def test_hours_limit_the_period_and_tiers():
