@@ -16,7 +16,7 @@ import time
 from pyflink.datastream import MapFunction, RuntimeContext
 
 from tally.config import TallyConfig
-from tally.tiers import DEFAULT_TIERS
+from tally.tiers import DEFAULT_TIERS, tier_by_name
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class BucketSink(MapFunction):
         self.late = None
         self.counters = {}
         self._group = None
+        self._gaps = {}  # (tier, tenant) -> end of the newest bucket whose write-through failed
 
     def open(self, runtime_context: RuntimeContext):
         from sinks.cassandra import BucketWriter
@@ -67,8 +68,7 @@ class BucketSink(MapFunction):
                 return f"invalid:{tier}"
             written = self.writer.write_batch(tier, tenant, batch)
             self._count(f"buckets_written_{tier}", written)
-            self._cache(lambda: self._count(f"buckets_cached_{tier}",
-                                            self.cache.write_batch(tier, tenant, batch, int(time.time() * 1000))))
+            self._write_through(tier, tenant, batch)
             return f"{kind}:{tier}"
         if kind == "grace":  # n points of a tenant's second were late within grace (aggregated)
             amount = int(row["n"])
@@ -84,6 +84,24 @@ class BucketSink(MapFunction):
             self._count(field.replace(":", "_"))
             self._cache(lambda: self.cache.count(tenant or "unknown", field))
         return f"{kind}:{tier}"
+
+    def _write_through(self, tier: str, tenant: str, batch) -> None:
+        """Write the batch's recent buckets to Redis.  When that fails, the end of its newest
+        bucket is kept and, once Redis answers again, recorded there (``mark_gap``) before any
+        further buckets: the query then reads the failed range from Cassandra instead of a
+        Redis key that lacks those buckets but has their neighbours."""
+        try:
+            for (gap_tier, gap_tenant), until in list(self._gaps.items()):
+                self.cache.mark_gap(gap_tier, gap_tenant, until)
+                del self._gaps[gap_tier, gap_tenant]
+            self._count(f"buckets_cached_{tier}", self.cache.write_batch(tier, tenant, batch, int(time.time() * 1000)))
+        except Exception as exc:  # connection refused, timeouts, an error reply
+            if len(batch):
+                end = int(batch.rows["ts"].max()) + tier_by_name(tier).resolution_ms
+                self._gaps[tier, tenant] = max(self._gaps.get((tier, tenant), 0), end)
+            self._count("redis_write_errors")
+            log.warning("redis write-through of %s buckets failed (%r); the range is marked for the query "
+                        "once Redis answers", tier, exc)
 
     def _cache(self, op):
         """Redis is a cache: a failed write is counted and logged, never fails the job."""

@@ -14,6 +14,7 @@ an older job is read correctly until its members age out of the window.
 from __future__ import annotations
 
 import base64
+import logging
 import itertools
 import json
 from functools import lru_cache
@@ -23,7 +24,9 @@ import numpy as np
 from tally.config import TallyConfig
 from tally.schema import redis_layout
 
-__all__ = ["bucket_key", "quality_key", "encode_member", "encode_values", "decode_member", "decode_members",
+log = logging.getLogger(__name__)
+
+__all__ = ["bucket_key", "gap_key", "quality_key", "encode_member", "encode_values", "decode_member", "decode_members",
            "MEMBER_HEADER", "MEMBER_VERSION", "MemberDecodeError", "RedisBucketCache", "RedisBucketWriter",
            "bucket_windows_ms", "delete_keyspace_keys"]
 
@@ -51,6 +54,12 @@ def bucket_key(keyspace: str, tier: str, tenant: str, sid: int) -> str:
 def write_version_key(keyspace: str, tier: str, tenant: str) -> str:
     """The counter bumped after every write of a tenant's buckets of a tier (schemas/redis.json)."""
     return redis_layout()["keys"]["write_version"]["pattern"].format(keyspace=keyspace, tier=tier, tenant=tenant)
+
+
+def gap_key(keyspace: str, tier: str, tenant: str) -> str:
+    """The end of the newest bucket of a tier whose write-through failed (schemas/redis.json
+    ``gap``): the query reads what starts before it from Cassandra."""
+    return redis_layout()["keys"]["gap"]["pattern"].format(keyspace=keyspace, tier=tier, tenant=tenant)
 
 
 def quality_key(keyspace: str, tenant: str) -> str:
@@ -183,6 +192,17 @@ return 1
 """
 
 
+# KEYS: the gap key, the write counter; ARGV: end of the newest failed bucket, the tier's window.
+_MARK_GAP = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
+
 class RedisBucketCache:
     """Async write-through of bucket rows (redis.asyncio), one script call per bucket."""
 
@@ -222,7 +242,19 @@ class RedisBucketWriter:
         self._keyspace = cfg.keyspace
         self._client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._write_bucket = self._client.register_script(_WRITE_BUCKET)
+        self._mark_gap = self._client.register_script(_MARK_GAP)
         self._window_ms = bucket_windows_ms()
+        try:  # so a first batch does not meet NOSCRIPT, go out twice and bump the version twice
+            self._client.script_load(_WRITE_BUCKET)
+        except Exception as exc:  # Redis down: a cache; the first batch that gets through loads it
+            log.warning("redis script load failed (%r)", exc)
+
+    def mark_gap(self, tier: str, tenant: str, until_ms: int) -> None:
+        """Record that buckets of the tier ending at or before ``until_ms`` may be missing
+        from Redis (their write-through failed), and bump the tier's write counter.  Raises
+        redis errors to the caller."""
+        self._mark_gap(keys=[gap_key(self._keyspace, tier, tenant), write_version_key(self._keyspace, tier, tenant)],
+                       args=[int(until_ms), self._window_ms[tier]])
 
     def write_batch(self, tier: str, tenant: str, batch, now_ms: int) -> int:
         """Write the batch's buckets that are recent for the tier (older ones are read from

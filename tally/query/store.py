@@ -36,7 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sinks.redis_cache import MEMBER_HEADER, MEMBER_VERSION, decode_members, pack_command, write_version_key
+from sinks.redis_cache import (MEMBER_HEADER, MEMBER_VERSION, decode_members, gap_key, pack_command,
+                                write_version_key)
 from tally.config import TallyConfig
 from tally.query.storage import Buckets, SeriesMeta
 from tally.schema import bucket_table, redis_layout
@@ -181,10 +182,14 @@ class BucketStore:
         redis_part: dict = {}
         cass_end = end_ms
         if use_redis:
-            r_start = max(start_ms, split)
             try:
-                redis_part = await self._read_redis(tenant, tier, metas, r_start, end_ms, columns, latest_only)
-                cass_end = r_start - 1
+                # Buckets before a failed write-through's end may be missing from Redis keys
+                # that hold their neighbours (schemas/redis.json ``gap``): Cassandra has them.
+                gap = await self._get_int(gap_key(self.keyspace, tier.name, tenant))
+                r_start = max(start_ms, split, gap or 0)
+                if r_start <= end_ms:
+                    redis_part = await self._read_redis(tenant, tier, metas, r_start, end_ms, columns, latest_only)
+                cass_end = min(end_ms, r_start - 1)
             except Exception as exc:  # redis.exceptions.ConnectionError / TimeoutError and OSError
                 self._redis_down_until = time.monotonic() + self.redis_retry_s
                 self.reads["redis_fallbacks"] += 1
@@ -229,14 +234,18 @@ class BucketStore:
             return None
         key = write_version_key(self.keyspace, tier, tenant)
         try:
-            raw = self._raw_reader()
-            if raw.supported:
-                value = (await raw.execute([[b"GET", key]]))[0]
-            else:
-                value = await self._redis_client().get(key)
+            return await self._get_int(key)
         except Exception as exc:  # Redis down: unknown, and the bucket reads fall back
             log.warning("Redis read of %s failed (%r)", key, exc)
             return None
+
+    async def _get_int(self, key: str) -> int | None:
+        """An integer string key of Redis, None if absent; raises Redis errors."""
+        raw = self._raw_reader()
+        if raw.supported:
+            value = (await raw.execute([[b"GET", key]]))[0]
+        else:
+            value = await self._redis_client().get(key)
         return None if value is None else int(value)
 
     def _statement(self, tier: Tier, columns: tuple, latest_only: bool):

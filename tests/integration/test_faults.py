@@ -344,6 +344,42 @@ def test_cassandra_stopped_30s(fault_stack, days):
     run_phase(fault_stack, days, "Cassandra stopped 30 s", "f-cassandra", inject)
 
 
+def _query_1s(cfg, load, start_ms, end_ms):
+    """The 1 s buckets (count, sum) of the load's counter metric as the query API reads them
+    (Redis for the recent part, clocked by the load's event time)."""
+    from tally.query.store import BucketStore
+    from tally.tiers import DEFAULT_TIERS
+
+    store = BucketStore(cfg, clock=lambda: load.now_ms() / 1000.0)
+
+    async def run():
+        try:
+            metas = await store.series(load.tenant, "fault.work.items")
+            return await store.buckets(load.tenant, DEFAULT_TIERS[0], metas, start_ms, end_ms, {"count", "sum"})
+        finally:
+            await store.close()
+    return asyncio.run(run())
+
+
+def _truth_1s(load, start_ms, end_ms) -> dict:
+    """{(tier, sid, bucket start): count} of the load's counter series in [start, end]."""
+    from tally.tiers import DEFAULT_TIERS
+
+    counters = {c.id for c in load.counters}  # the queried metric (not the timer)
+    truth = expected_buckets([(s.id, ts, v, 1.0) for s, ts, v in load.events
+                              if s.id in counters and start_ms <= ts - ts % 1000 <= end_ms], tiers=[DEFAULT_TIERS[0]])
+    return {k: v["count"] for k, v in truth.items()}
+
+
+def _check_1s(load, found, start_ms, end_ms) -> int:
+    """Every 1 s bucket the query found equals the truth; returns how many were compared."""
+    got = {("1s", sid, int(t)): c for sid, b in found.items() for t, c in zip(b.ts, b.cols["count"])}
+    want = _truth_1s(load, start_ms, end_ms)
+    missing = [k for k in want if got.get(k) != want[k]]
+    assert not missing, f"{len(missing)} of {len(want)} 1 s buckets wrong or missing, e.g. {missing[:3]}"
+    return len(want)
+
+
 def test_redis_stopped_queries_fall_back_and_cache_refills(fault_stack, days):
     """Redis down: the job keeps writing Cassandra (cache writes fail, counted), a query of
     the recent range falls back to Cassandra with a warning and equals the truth; after the
@@ -351,32 +387,8 @@ def test_redis_stopped_queries_fall_back_and_cache_refills(fault_stack, days):
     again equals the truth for the whole range."""
     import redis
 
-    from tally.query.store import BucketStore
-    from tally.tiers import DEFAULT_TIERS
     cfg = fault_stack["cfg"]
-    first = DEFAULT_TIERS[0]
     notes = {}
-
-    def query(load, start_ms, end_ms):
-        store = BucketStore(cfg, clock=lambda: load.now_ms() / 1000.0)
-
-        async def run():
-            try:
-                metas = await store.series(load.tenant, "fault.work.items")
-                return await store.buckets(load.tenant, first, metas, start_ms, end_ms, {"count", "sum"})
-            finally:
-                await store.close()
-        return asyncio.run(run())
-
-    def check(load, found, start_ms, end_ms):
-        counters = {c.id for c in load.counters}  # the queried metric (not the timer)
-        truth = expected_buckets([(s.id, ts, v, 1.0) for s, ts, v in load.events
-                                  if s.id in counters and start_ms <= ts - ts % 1000 <= end_ms], tiers=[first])
-        got = {(first.name, sid, int(t)): c for sid, b in found.items() for t, c in zip(b.ts, b.cols["count"])}
-        want = {k: v["count"] for k, v in truth.items()}
-        missing = [k for k in want if got.get(k) != want[k]]
-        assert not missing, f"{len(missing)} of {len(want)} 1 s buckets wrong or missing, e.g. {missing[:3]}"
-        return len(want)
 
     def inject(load):
         t0 = time.monotonic()
@@ -385,9 +397,9 @@ def test_redis_stopped_queries_fall_back_and_cache_refills(fault_stack, days):
         # Buckets already final (event time passed them plus grace): read while Redis is down.
         end = load.now_ms() - 6_000
         end -= end % 1000
-        found, warnings = query(load, load.base_ms, end)
+        found, warnings = _query_1s(cfg, load, load.base_ms, end)
         assert any("redis unavailable" in w for w in warnings), warnings
-        notes["fallback"] = check(load, found, load.base_ms, end)
+        notes["fallback"] = _check_1s(load, found, load.base_ms, end)
         launcher.up(cfg, ["redis"], timeout_s=120, log=_quiet)
         restarted_ms = load.now_ms()
         client = redis.Redis.from_url(cfg.redis_url)
@@ -404,6 +416,61 @@ def test_redis_stopped_queries_fall_back_and_cache_refills(fault_stack, days):
                          "series in Redis after the restart"}
 
     result = run_phase(fault_stack, days, "Redis stopped", "f-redis", inject)
+    assert result
+
+
+def test_redis_refusing_writes_the_failed_range_is_read_from_cassandra(fault_stack, days):
+    """Redis up but refusing writes (maxmemory reached, noeviction) for a few seconds: the
+    sink's write-throughs fail (counted) while the series' keys keep the buckets before and
+    get the ones after, so the keys have a hole; once Redis takes writes again the sink marks
+    the failed range (schemas/redis.json ``gap``) and a query of the whole recent range, Redis
+    part included, equals the truth: it reads the failed range from Cassandra."""
+    import redis
+
+    from sinks.redis_cache import bucket_key, gap_key
+
+    cfg = fault_stack["cfg"]
+
+    def inject(load):
+        t0 = time.monotonic()
+        client = redis.Redis.from_url(cfg.redis_url)
+        try:
+            policy = client.config_get("maxmemory-policy")["maxmemory-policy"]
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", 1)
+            try:
+                time.sleep(6)
+            finally:
+                client.config_set("maxmemory", 0)
+                client.config_set("maxmemory-policy", policy)
+            key = gap_key(cfg.keyspace, "1s", load.tenant)
+            assert wait_for(lambda: client.get(key) is not None, timeout_s=60, interval_s=0.5), \
+                "the sink did not mark the failed range"
+            gap = int(client.get(key))
+            # Buckets after the failure reach Redis again, so a key has neighbours on both sides.
+            sent = {s.id for s, _, _ in list(load.events)}  # (the load's rotation skips some counters)
+            keys = {c.id: bucket_key(cfg.keyspace, "1s", load.tenant, c.id) for c in load.counters if c.id in sent}
+            assert wait_for(lambda: all(client.zcount(k, gap + 2_000, "+inf") > 0 for k in keys.values()),
+                            timeout_s=60, interval_s=0.5), \
+                (f"the cache did not take buckets after the failure: gap {gap}, event time now {load.now_ms()}, "
+                 f"newest bucket per key {[client.zrange(k, -1, -1, withscores=True) for k in keys.values()][:4]}")
+            end = load.now_ms() - 6_000
+            end -= end % 1000
+            truth = _truth_1s(load, load.base_ms, end)
+            in_redis = {("1s", sid, int(score)) for sid, k in keys.items()
+                        for _, score in client.zrangebyscore(k, load.base_ms, end, withscores=True)}
+            hole = [k for k in truth if k not in in_redis]
+        finally:
+            client.close()
+        assert hole, "no bucket missing from Redis: the case tests nothing"
+        found, warnings = _query_1s(cfg, load, load.base_ms, end)
+        assert not warnings, warnings
+        compared = _check_1s(load, found, load.base_ms, end)
+        return {"recovered_s": time.monotonic() - t0,
+                "extra": f"writes refused 6 s; {len(hole)} 1 s buckets missing from Redis keys that hold their "
+                         f"neighbours; a query of {compared} 1 s buckets reading Redis equalled the truth"}
+
+    result = run_phase(fault_stack, days, "Redis refusing writes", "f-redis-oom", inject)
     assert result
 
 

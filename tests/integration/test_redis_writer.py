@@ -82,3 +82,25 @@ def test_an_error_on_one_key_is_raised_and_costs_no_other_bucket(writer_cfg):
         assert int(client.get(write_version_key(cfg.keyspace, "10s", "acme"))) == 2
     finally:
         writer.close()
+
+
+def test_mark_gap_keeps_the_latest_end_expires_with_the_window_and_bumps_the_version(writer_cfg):
+    from sinks.redis_cache import gap_key
+
+    cfg = writer_cfg
+    client = redis.Redis.from_url(cfg.redis_url)
+    writer = RedisBucketWriter(cfg)
+    key, version = gap_key(cfg.keyspace, "10s", "acme"), write_version_key(cfg.keyspace, "10s", "acme")
+    try:
+        assert client.get(key) is None
+        writer.mark_gap("10s", "acme", 1_700_000_020_000)
+        assert int(client.get(key)) == 1_700_000_020_000 and int(client.get(version)) == 1
+        writer.mark_gap("10s", "acme", 1_700_000_010_000)  # an older failure moves nothing back
+        assert int(client.get(key)) == 1_700_000_020_000 and int(client.get(version)) == 2
+        writer.mark_gap("10s", "acme", 1_700_000_030_000)
+        assert int(client.get(key)) == 1_700_000_030_000
+        assert 0 < client.pttl(key) <= bucket_windows_ms()["10s"]
+        assert client.get(gap_key(cfg.keyspace, "1s", "acme")) is None  # per tier and tenant
+    finally:
+        writer.close()
+        client.close()
