@@ -14,9 +14,9 @@ an older job is read correctly until its members age out of the window.
 from __future__ import annotations
 
 import base64
-import logging
 import itertools
 import json
+import logging
 from functools import lru_cache
 
 import numpy as np

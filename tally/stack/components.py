@@ -181,8 +181,8 @@ concurrent_counter_writes: 4
 concurrent_compactors: 1
 # Memtables: tries with their cell data off heap (Cassandra 5).  A flush starts when a third
 # of either space is used; with the skip-list memtables on heap (1 KiB of heap per bucket row)
-# the bench's drain flushed 20 times and compacted what it flushed; this way 3-4 times, and
-# Cassandra spent 17.8-19.5 CPU-s per 6 M-point drain instead of 24.2-26.9.
+# the bench's drain flushed 20 times and compacted what it flushed; this way 2-4 times, and
+# Cassandra spent 17.3-21.3 CPU-s per 6 M-point drain instead of 24.2-26.9 (warm drains).
 memtable_heap_space: 192MiB
 memtable_offheap_space: 256MiB
 memtable_allocation_type: offheap_objects
